@@ -1,0 +1,1 @@
+"""Data: blocks, DataBlock, splitters, sources and datasets."""

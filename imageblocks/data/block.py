@@ -1,0 +1,236 @@
+"""`DataBlock`: blocks + how to get items, inputs and targets + a split + transforms."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from imageblocks.data.blocks import TransformBlock, as_block
+from imageblocks.data.datasets import Datasets, LoaderItems, Pipeline
+from imageblocks.data.loaders import DataLoader, DataLoaders, default_device, default_workers
+from imageblocks.data.splitters import RandomSplitter
+from imageblocks.errors import ItemError
+
+
+def _listify(o: Any) -> list:
+    if o is None:
+        return []
+    if isinstance(o, (list, tuple)):
+        return list(o)
+    return [o]
+
+
+class DataBlock:
+    """How to build `Datasets` and `DataLoaders` from a source (a DataFrame, a folder, a list)."""
+
+    def __init__(
+        self,
+        blocks: Sequence[Any] | None = None,
+        dl_type: Any = None,
+        getters: Sequence[Callable | None] | None = None,
+        n_inp: int | None = None,
+        item_tfms: Any = None,
+        batch_tfms: Any = None,
+        get_items: Callable | None = None,
+        splitter: Callable | None = None,
+        get_y: Callable | Sequence[Callable] | None = None,
+        get_x: Callable | Sequence[Callable] | None = None,
+    ):
+        block_specs = list(blocks) if blocks is not None else [TransformBlock, TransformBlock]
+        self.blocks = [as_block(b) for b in block_specs]
+        self.n_inp = n_inp if n_inp is not None else max(1, len(self.blocks) - 1)
+        if getters is not None:
+            self.getters = list(getters)
+        else:
+            xs = _listify(get_x) or [None]
+            ys = _listify(get_y) or [None]
+            n_y = len(self.blocks) - self.n_inp
+            self.getters = (xs * self.n_inp)[: self.n_inp] + (ys * max(n_y, 1))[:n_y]
+        if len(self.getters) != len(self.blocks):
+            raise ValueError(f"{len(self.getters)} getters for {len(self.blocks)} blocks")
+        self.get_items = get_items
+        self.splitter = splitter if splitter is not None else RandomSplitter(0.2, seed=42)
+        self.item_tfms = _listify(item_tfms)
+        self.batch_tfms = _listify(batch_tfms)
+
+    # --- building --------------------------------------------------------------------------
+    def _fresh_blocks(self) -> list[TransformBlock]:
+        """Copies of the blocks, so each `datasets()` call learns its own vocab."""
+        return [copy.deepcopy(b) for b in self.blocks]
+
+    def collect_items(self, source: Any) -> Any:
+        """The items: `get_items(source)`, or the source itself."""
+        items = self.get_items(source) if self.get_items is not None else source
+        if len(items) == 0:
+            raise ValueError(f"no items found in {source!r}: check the path or get_items")
+        return items
+
+    def split(self, items: Any) -> tuple[list[int], list[int]]:
+        """Train and validation indices from the splitter, checked."""
+        train, valid = self.splitter(items)
+        train, valid = [int(i) for i in train], [int(i) for i in valid]
+        if len(train) == 0:
+            raise ValueError(
+                "the splitter put no item in the training set: check its column/folder/function"
+            )
+        return train, valid
+
+    def datasets(self, source: Any, verbose: bool = False) -> Datasets:
+        """Items from `source`, split, with one pipeline per block."""
+        items = self.collect_items(source)
+        splits = self.split(items)
+        pipelines = [Pipeline([g], b) for g, b in zip(self.getters, self._fresh_blocks())]
+        return Datasets(items, splits=splits, n_inp=self.n_inp, pipelines=pipelines)
+
+    def draft_size(self) -> tuple[int, int] | None:
+        """The (w, h) the loader may decode JPEGs down to: the first resize's output size."""
+        for t in self.item_tfms:
+            if getattr(t, "size", None) is not None:
+                return t.size[1], t.size[0]
+        if self.item_tfms:
+            return None
+        for t in self.batch_tfms:
+            if getattr(t, "size", None) is not None:
+                return t.size[1], t.size[0]
+        return None
+
+    def dataloaders(
+        self,
+        source: Any,
+        path: Any = ".",
+        verbose: bool = False,
+        bs: int = 64,
+        val_bs: int | None = None,
+        shuffle: bool = True,
+        num_workers: int | None = None,
+        device: torch.device | str | None = None,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> DataLoaders:
+        """A training loader (shuffled, last partial batch dropped) and a validation loader."""
+        dsets = self.datasets(source, verbose=verbose)
+        return self.dataloaders_from(
+            dsets,
+            path,
+            bs=batch_size or bs,
+            val_bs=val_bs,
+            shuffle=shuffle,
+            num_workers=num_workers,
+            device=device,
+            **kwargs,
+        )
+
+    def dataloaders_from(
+        self,
+        dsets: Datasets,
+        path: Any = ".",
+        bs: int = 64,
+        val_bs: int | None = None,
+        shuffle: bool = True,
+        num_workers: int | None = None,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> DataLoaders:
+        """`DataLoaders` for existing `Datasets`."""
+        device = torch.device(device) if device is not None else default_device()
+        workers = default_workers() if num_workers is None else num_workers
+        draft = self.draft_size()
+        kinds = dsets.kinds
+
+        def make(idxs: Sequence[int], train: bool, batch: int) -> DataLoader:
+            ds = LoaderItems(dsets, idxs, self.item_tfms, train=train, draft=draft)
+            return DataLoader(
+                ds,
+                bs=batch,
+                shuffle=shuffle and train,
+                drop_last=shuffle and train,
+                num_workers=workers,
+                device=device,
+                after_batch=self.batch_tfms,
+                kinds=kinds,
+                train=train,
+                **kwargs,
+            )
+
+        def test_dl(
+            items: Sequence[Any], bs: int = 64, with_labels: bool = False, **kw: Any
+        ) -> DataLoader:
+            """Items for inference: only the input pipelines, validation transforms."""
+            test = Datasets(
+                items,
+                splits=(list(range(len(items))), []),
+                n_inp=dsets.n_inp,
+                pipelines=[_inference_pipeline(p) for p in dsets.pipelines[: dsets.n_inp]]
+                if not with_labels
+                else dsets.pipelines,
+            )
+            ds = LoaderItems(
+                test, list(range(len(items))), self.item_tfms, train=False, draft=draft
+            )
+            return DataLoader(
+                ds,
+                bs=bs,
+                num_workers=kw.pop("num_workers", 0),
+                device=device,
+                after_batch=self.batch_tfms,
+                kinds=test.kinds,
+                train=False,
+                **kw,
+            )
+
+        loaders = [make(dsets.splits[0], True, bs), make(dsets.splits[1], False, val_bs or bs)]
+        target = dsets.pipelines[-1].block if len(dsets.pipelines) > dsets.n_inp else None
+        return DataLoaders(
+            *loaders,
+            path=path,
+            dsets=dsets,
+            block_info={
+                "target_block": target,
+                "c": _n_out(dsets, target),
+                "test_dl": test_dl,
+                "item_tfms": self.item_tfms,
+                "batch_tfms": self.batch_tfms,
+            },
+        )
+
+    def summary(self, source: Any, bs: int = 4, show_batch: bool = False, **kwargs: Any) -> None:
+        """Print every step for one sample and one batch; explain a collation failure."""
+        from imageblocks.data.summary import summarize
+
+        summarize(self, source, bs=bs, show_batch=show_batch, **kwargs)
+
+    def check(self, source: Any) -> list[tuple[Any, str]]:
+        """Load every item once; return (item, reason) for each one that fails."""
+        dsets = self.datasets(source)
+        problems = []
+        for split in (dsets.splits[0], dsets.splits[1]):
+            ds = LoaderItems(dsets, split, self.item_tfms, train=False, draft=self.draft_size())
+            for i in range(len(ds)):
+                try:
+                    ds[i]
+                except (ItemError, OSError, ValueError, TypeError, KeyError) as e:
+                    problems.append((dsets.items[split[i]], str(e)))
+        return problems
+
+
+def _inference_pipeline(p: Pipeline) -> Pipeline:
+    """An input pipeline for raw test items: the image block without the training getter when
+    the items are already paths or images."""
+    return Pipeline([], p.block) if p.kind == "image" else p
+
+
+def _n_out(dsets: Datasets, target: TransformBlock | None) -> int | None:
+    """Model outputs the target needs: the vocab size, or the number of values of one target."""
+    if target is None:
+        return None
+    if getattr(target, "vocab", None) is not None:
+        return len(target.vocab)
+    if not dsets.splits[0]:
+        return None
+    try:
+        return int(torch.as_tensor(dsets.pipelines[-1](dsets.items[dsets.splits[0][0]])).numel())
+    except (ItemError, TypeError, ValueError):
+        return None

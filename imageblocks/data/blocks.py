@@ -1,0 +1,231 @@
+"""Blocks: what a raw input or target becomes (image, one-hot labels, points, numbers).
+
+A block is a short list of named steps applied after the getter, plus a `kind` that tells the
+loader and the batch transforms how to treat it: "image", "points" or "target".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from imageblocks.errors import ItemError
+from imageblocks.image import PILImage
+from imageblocks.lists import L
+
+Step = tuple[str, Callable[[Any], Any]]
+
+
+def func_name(f: Any) -> str:
+    """A short readable name for a function, partial, method or callable object."""
+    if hasattr(f, "func") and hasattr(f, "keywords"):  # functools.partial
+        return func_name(f.func)
+    name = getattr(f, "__name__", None)
+    return name if isinstance(name, str) else type(f).__name__
+
+
+class Vocab(L):
+    """The sorted class names: prints as a list, indexes by tensors to an `L`, maps names to ints."""
+
+    def __init__(self, items: Iterable = ()):
+        super().__init__(items)
+        self.o2i = {o: i for i, o in enumerate(self)}
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
+def split_labels(value: Any) -> list[str]:
+    """A list of labels from a list, or a space-separated string; empty and NaN give no label."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        value = value.split()
+    return [str(v).strip() for v in value if str(v).strip() != ""]
+
+
+class TransformBlock:
+    """A block of named steps; the default keeps the value as it is."""
+
+    kind = "target"
+
+    def __init__(self, type_tfms: Sequence[Callable] | None = None):
+        self.type_tfms = list(type_tfms or [])
+
+    def setup(self, values: Sequence[Any]) -> None:
+        """Learn what the block needs (a vocab) from the training values."""
+
+    def steps(self) -> list[Step]:
+        """The named steps applied to a getter's output."""
+        return [(func_name(f), f) for f in self.type_tfms]
+
+    def encode(self, value: Any) -> Any:
+        """The value after every step."""
+        for _, f in self.steps():
+            value = f(value)
+        return value
+
+    def decode(self, value: Any) -> Any:
+        """The value in a human's terms (labels, pixel points)."""
+        return value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ImageBlock(TransformBlock):
+    """An image: decoded to an RGB `PILImage`."""
+
+    kind = "image"
+
+    def __init__(self, cls: type = PILImage):
+        super().__init__([cls.create])
+        self.cls = cls
+
+    def steps(self) -> list[Step]:
+        return [(f"{self.cls.__name__}.create", self.cls.create)]
+
+
+class CategoryBlock(TransformBlock):
+    """A single label out of a vocab (sorted, inferred from the training set unless given)."""
+
+    def __init__(self, vocab: Sequence[str] | None = None, sort: bool = True, add_na: bool = False):
+        super().__init__()
+        self.given_vocab, self.sort, self.add_na = vocab, sort, add_na
+        self.vocab: Vocab | None = Vocab(vocab) if vocab is not None else None
+
+    def setup(self, values):
+        if self.given_vocab is not None:
+            return
+        names = {str(v) for v in values}
+        names = sorted(names) if self.sort else list(dict.fromkeys(str(v) for v in values))
+        self.vocab = Vocab((["#na#"] if self.add_na else []) + list(names))
+
+    def categorize(self, value: Any) -> torch.Tensor:
+        """The label's index in the vocab."""
+        key = str(value)
+        if key not in self.vocab.o2i:
+            raise ItemError(
+                f"label {key!r} is not in the vocab {list(self.vocab)[:20]} (built from the training "
+                "set): fix the label, or pass vocab=[...] to the block to allow it"
+            )
+        return torch.tensor(self.vocab.o2i[key])
+
+    def steps(self):
+        params = {"vocab": self.given_vocab, "sort": self.sort, "add_na": self.add_na}
+        return [(f"Categorize -- {params}", self.categorize)]
+
+    def decode(self, value):
+        return self.vocab[int(value)]
+
+
+class MultiCategoryBlock(TransformBlock):
+    """Several labels (or none) out of a sorted vocab, one-hot encoded as floats."""
+
+    def __init__(
+        self, encoded: bool = False, vocab: Sequence[str] | None = None, add_na: bool = False
+    ):
+        super().__init__()
+        self.encoded, self.given_vocab, self.add_na = encoded, vocab, add_na
+        self.vocab: Vocab | None = Vocab(vocab) if vocab is not None else None
+
+    def setup(self, values):
+        if self.given_vocab is not None:
+            return
+        if self.encoded:
+            n = len(values[0]) if len(values) else 0
+            self.vocab = Vocab(str(i) for i in range(n))
+            return
+        names = sorted({label for v in values for label in split_labels(v)})
+        self.vocab = Vocab((["#na#"] if self.add_na else []) + names)
+
+    def categorize(self, value: Any) -> torch.Tensor:
+        """The indices of the labels in the vocab."""
+        idxs = []
+        for label in split_labels(value):
+            if label not in self.vocab.o2i:
+                raise ItemError(
+                    f"label {label!r} is not in the vocab (built from the training set: "
+                    f"{len(self.vocab)} classes): fix the label, move the item to the training set, "
+                    "or pass vocab=[...] to MultiCategoryBlock"
+                )
+            idxs.append(self.vocab.o2i[label])
+        return torch.tensor(sorted(set(idxs)), dtype=torch.long)
+
+    def one_hot(self, idxs: torch.Tensor) -> torch.Tensor:
+        """A float vector with 1 at each index (all zeros for an image with no label)."""
+        out = torch.zeros(len(self.vocab))
+        out[idxs] = 1.0
+        return out
+
+    def steps(self):
+        if self.encoded:
+            return [
+                ("EncodedMultiCategorize", lambda v: torch.as_tensor(np.asarray(v, np.float32)))
+            ]
+        params = {"vocab": self.given_vocab, "sort": True, "add_na": self.add_na}
+        c = len(self.vocab) if self.vocab is not None else None
+        return [
+            (f"MultiCategorize -- {params}", self.categorize),
+            (f"OneHotEncode -- {{'c': {c}}}", self.one_hot),
+        ]
+
+    def decode(self, value):
+        return self.vocab[torch.as_tensor(value) > 0.5]
+
+
+def to_points(value: Any) -> torch.Tensor:
+    """(n, 2) float points in pixels, (x, y), from a pair, a list of pairs or an array."""
+    t = torch.as_tensor(np.asarray(value, dtype=np.float32)).reshape(-1, 2)
+    if not torch.isfinite(t).all():
+        raise ItemError(
+            f"point {t.tolist()} is not finite (NaN or infinite): fix the annotation or drop the item"
+        )
+    return t
+
+
+class PointBlock(TransformBlock):
+    """Key points in pixels, (n, 2) as (x, y); scaled to [-1, 1] of the image in the loader."""
+
+    kind = "points"
+
+    def __init__(self):
+        super().__init__([to_points])
+
+    def steps(self):
+        return [("TensorPoint.create", to_points)]
+
+
+def to_float_tensor(value: Any) -> torch.Tensor:
+    """A float tensor from numbers."""
+    return torch.as_tensor(np.asarray(value, dtype=np.float32))
+
+
+class RegressionBlock(TransformBlock):
+    """One or more continuous targets, as a float tensor."""
+
+    def __init__(self, n_out: int | None = None):
+        super().__init__([to_float_tensor])
+        self.n_out = n_out
+
+    def steps(self):
+        return [("RegressSetup", to_float_tensor)]
+
+
+def as_block(b: Any) -> TransformBlock:
+    """A block instance from a block, a block class or a callable returning one."""
+    if b is None:
+        return TransformBlock()
+    if isinstance(b, TransformBlock):
+        return b
+    if isinstance(b, type) and issubclass(b, TransformBlock):
+        return b()
+    if callable(b):
+        out = b()
+        if isinstance(out, TransformBlock):
+            return out
+    raise TypeError(f"{b!r} is not a block: use ImageBlock, MultiCategoryBlock, PointBlock, ...")

@@ -1,0 +1,349 @@
+"""`DataLoader` and `DataLoaders`: batches from worker processes, moved to the device, augmented.
+
+Workers decode and collate whole batches (shared memory back to the main process); the main
+process moves each batch to the device (non-blocking from pinned memory on CUDA), turns images
+into floats in [0, 1] and runs the batch transforms there, on plain tensors.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imageblocks.errors import CollateError
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else Apple MPS when present, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_workers() -> int:
+    """One worker per CPU core (at most 8), as fastai does."""
+    return min(
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8
+    )
+
+
+def _shape(o: Any) -> tuple:
+    return tuple(o.shape) if hasattr(o, "shape") else ()
+
+
+def _collate_error(samples: Sequence[Any], k: int | None) -> CollateError:
+    shapes = [_shape(s) for s in samples]
+    what = f"element {k} of each sample" if k is not None else "the samples"
+    is_image = all(len(s) == 3 and s[-1] in (1, 3, 4) for s in shapes)
+    shown = ", ".join(str(list((s[2], s[0], s[1]) if is_image else s)) for s in shapes[:8]) + (
+        " ..." if len(shapes) > 8 else ""
+    )
+    if is_image:
+        fix = (
+            "The images have different sizes. Add an item transform that gives every image the "
+            "same size, e.g. item_tfms=Resize(224) (or Resize(224, method='squish'/'pad')), or "
+            "item_tfms=RandomResizedCrop(128, min_scale=0.35)."
+        )
+    else:
+        fix = (
+            "The tensors differ in size. Make every item's value the same shape "
+            "(e.g. the same number of points per image)."
+        )
+    return CollateError(f"Cannot collate {what} into a batch: shapes {shown} (C, H, W). {fix}")
+
+
+def collate(samples: Sequence[Any], _k: int | None = None) -> Any:
+    """Stack samples into a batch: HWC uint8 images -> (B, 3, H, W), tensors stacked, numbers to
+    tensors, strings to tuples; tuples element-wise."""
+    first = samples[0]
+    if isinstance(first, tuple) or (isinstance(first, list) and not isinstance(first, str)):
+        if any(len(s) != len(first) for s in samples):
+            raise CollateError("samples have different numbers of elements")
+        return tuple(collate([s[k] for s in samples], k) for k in range(len(first)))
+    if isinstance(first, Image.Image):
+        samples = [np.asarray(s) for s in samples]
+        first = samples[0]
+    if isinstance(first, np.ndarray):
+        if any(s.shape != first.shape for s in samples):
+            raise _collate_error(samples, _k)
+        out = torch.from_numpy(np.stack(samples))
+        if first.dtype == np.uint8 and first.ndim == 3 and first.shape[-1] in (1, 3, 4):
+            out = out.permute(0, 3, 1, 2).contiguous()
+        return out
+    if isinstance(first, torch.Tensor):
+        if any(s.shape != first.shape for s in samples):
+            raise _collate_error(samples, _k)
+        return torch.stack(samples)
+    if isinstance(first, (bool, int, float, np.number)):
+        return torch.tensor(samples)
+    return tuple(samples)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # each worker decodes on one core; the main process keeps the rest
+
+
+def _to(b: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(b, torch.Tensor):
+        return b.to(device, non_blocking=non_blocking)
+    if isinstance(b, tuple):
+        return tuple(_to(o, device, non_blocking) for o in b)
+    return b
+
+
+class DataLoader:
+    """Batches of a dataset, on a device, with batch transforms applied."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        bs: int = 64,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        num_workers: int = 0,
+        device: torch.device | str | None = None,
+        after_batch: Sequence[Any] | None = None,
+        kinds: Sequence[str] | None = None,
+        train: bool = False,
+        batch_size: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
+    ):
+        self.dataset = dataset
+        self.bs = int(batch_size if batch_size is not None else bs)
+        if self.bs < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.bs}")
+        self.shuffle, self.train = shuffle, train
+        self.drop_last = drop_last and len(dataset) >= self.bs  # never drop the only batch
+        self.num_workers = num_workers
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.after_batch = sorted(after_batch or [], key=lambda t: getattr(t, "order", 0))
+        self.kinds = tuple(kinds) if kinds is not None else None
+        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.prefetch_factor = prefetch_factor
+        self._loader: torch.utils.data.DataLoader | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of items."""
+        return len(self.dataset)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.bs if self.drop_last else -(-n // self.bs)
+
+    def _torch_loader(self) -> torch.utils.data.DataLoader:
+        if self._loader is None:
+            extra = {}
+            if self.num_workers > 0:
+                extra = dict(
+                    worker_init_fn=_worker_init,
+                    persistent_workers=self.persistent_workers,
+                    prefetch_factor=self.prefetch_factor,
+                )
+                if "fork" in multiprocessing.get_all_start_methods():
+                    # fork lets user lambdas (get_x=lambda r: ...) reach the workers unpickled
+                    extra["multiprocessing_context"] = "fork"
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_size=self.bs,
+                shuffle=self.shuffle,
+                drop_last=self.drop_last,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+                pin_memory=self.pin_memory,
+                **extra,
+            )
+        return self._loader
+
+    def process(self, b: Any) -> Any:
+        """A collated batch moved to the device, images to float in [0, 1], batch transforms."""
+        b = _to(b, self.device, non_blocking=self.pin_memory)
+        if not isinstance(b, tuple):
+            return b
+        kinds = self.kinds or tuple(
+            "image"
+            if isinstance(o, torch.Tensor) and o.dtype == torch.uint8 and o.ndim == 4
+            else "target"
+            for o in b
+        )
+        b = tuple(
+            o.float().div_(255) if k == "image" and o.dtype == torch.uint8 else o
+            for o, k in zip(b, kinds)
+        )
+        for t in self.after_batch:
+            b = t(b, kinds, self.train)
+        return b
+
+    def __iter__(self) -> Iterator[Any]:
+        for b in self._torch_loader():
+            yield self.process(b)
+
+    def one_batch(self) -> Any:
+        """The first batch, built in this process (no workers started)."""
+        if len(self.dataset) == 0:
+            raise ValueError(
+                "this DataLoader's dataset is empty: check the splitter and the source"
+            )
+        n = min(self.bs, len(self.dataset))
+        return self.process(collate([self.dataset[i] for i in range(n)]))
+
+    def decode(self, b: tuple) -> tuple:
+        """Undo the reversible batch transforms (normalisation) for display."""
+        kinds = self.kinds or ("image",) + ("target",) * (len(b) - 1)
+        for t in reversed(self.after_batch):
+            if hasattr(t, "decode"):
+                b = t.decode(b, kinds)
+        return b
+
+    def to(self, device: torch.device | str) -> DataLoader:
+        """This loader, producing batches on `device`."""
+        self.device = torch.device(device)
+        self.pin_memory = self.device.type == "cuda"
+        self._loader = None
+        return self
+
+    def show_batch(
+        self,
+        b: tuple | None = None,
+        max_n: int = 9,
+        nrows: int | None = None,
+        ncols: int | None = None,
+        figsize: tuple | None = None,
+        **kwargs: Any,
+    ):
+        """Show a batch's images with their targets; returns the matplotlib figure."""
+        from imageblocks.show import show_batch
+
+        return show_batch(self, b, max_n=max_n, nrows=nrows, ncols=ncols, figsize=figsize, **kwargs)
+
+
+class DataLoaders:
+    """A training and a validation `DataLoader` (and more), plus what the learner needs to know."""
+
+    def __init__(
+        self,
+        *loaders: DataLoader,
+        path: Any = ".",
+        device: torch.device | str | None = None,
+        dsets: Any = None,
+        block_info: dict | None = None,
+    ):
+        self.loaders = list(loaders)
+        self.path = path
+        self.dsets = dsets
+        self.block_info = block_info or {}
+        if device is not None:
+            for dl in self.loaders:
+                dl.to(device)
+
+    @classmethod
+    def from_dsets(
+        cls,
+        *dsets: Any,
+        bs: int = 64,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        device: torch.device | str | None = None,
+        num_workers: int = 0,
+        **kwargs: Any,
+    ) -> DataLoaders:
+        """Loaders from datasets: the first is shuffled for training; a `Datasets` gives both splits."""
+        from imageblocks.data.datasets import Datasets
+
+        bs = batch_size if batch_size is not None else bs
+        if len(dsets) == 1 and isinstance(dsets[0], Datasets):
+            ds = dsets[0]
+            dsets = (ds.train, ds.valid) if len(ds.valid) else (ds.train,)
+        loaders = [
+            DataLoader(
+                d,
+                bs=bs,
+                shuffle=shuffle and i == 0,
+                drop_last=shuffle and i == 0,
+                num_workers=num_workers,
+                device=device,
+                train=i == 0,
+                **kwargs,
+            )
+            for i, d in enumerate(dsets)
+        ]
+        return cls(*loaders)
+
+    def __getitem__(self, i: int) -> DataLoader:
+        return self.loaders[i]
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    @property
+    def train(self) -> DataLoader:
+        """The training loader."""
+        return self.loaders[0]
+
+    @property
+    def valid(self) -> DataLoader:
+        """The validation loader."""
+        return self.loaders[1]
+
+    @property
+    def device(self) -> torch.device:
+        """Where batches are put."""
+        return self.train.device
+
+    def to(self, device: torch.device | str) -> DataLoaders:
+        """Put every loader's batches on `device`."""
+        for dl in self.loaders:
+            dl.to(device)
+        return self
+
+    def cpu(self) -> DataLoaders:
+        """Batches on the CPU."""
+        return self.to("cpu")
+
+    @property
+    def vocab(self) -> Any:
+        """The class names of the target (None for points/regression)."""
+        return self.dsets.vocab if self.dsets is not None else None
+
+    @property
+    def c(self) -> int | None:
+        """How many outputs the model needs: the number of classes, or of point coordinates."""
+        return self.block_info.get("c")
+
+    @property
+    def n_inp(self) -> int:
+        """How many elements of a batch are inputs."""
+        return self.dsets.n_inp if self.dsets is not None else 1
+
+    @property
+    def loss_func(self) -> Any:
+        """The loss that fits the target block (BCE for multi-label, CE, MSE for points)."""
+        from imageblocks.learn.losses import loss_for_block
+
+        return loss_for_block(self.block_info.get("target_block"))
+
+    def one_batch(self) -> Any:
+        """The first training batch."""
+        return self.train.one_batch()
+
+    def show_batch(self, *args: Any, **kwargs: Any):
+        """Show a training batch."""
+        return self.train.show_batch(*args, **kwargs)
+
+    def test_dl(self, items: Sequence[Any], bs: int | None = None, **kwargs: Any) -> DataLoader:
+        """A loader for new items (paths, images) with the validation transforms."""
+        make = self.block_info.get("test_dl")
+        if make is None:
+            raise ValueError("test_dl needs DataLoaders built by a DataBlock")
+        return make(items, bs=bs or self.valid.bs, **kwargs)

@@ -1,0 +1,193 @@
+"""Item transforms: per-image crops and resizes run in the loader's workers, points follow.
+
+Each transform maps `(image, points, train)` to `(image, points)`: `image` is an RGB PIL image
+(possibly decoded at reduced JPEG scale), `points` an `(n, 2)` float array of (x, y) in the
+image's relative coordinates [-1, 1] (or None). Every geometric step is one PIL `resize` with a
+source `box` (crop and resize in one resample); the points go through the same box mapping.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from enum import Enum
+
+import numpy as np
+from PIL import Image
+
+Box = tuple[float, float, float, float]
+
+
+class ResizeMethod(str, Enum):
+    """How `Resize` reaches the target aspect ratio."""
+
+    Crop = "crop"
+    Pad = "pad"
+    Squish = "squish"
+
+
+class PadMode(str, Enum):
+    """How padding pixels are filled."""
+
+    Zeros = "zeros"
+    Border = "border"
+    Reflection = "reflection"
+
+
+def _as_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(h, w) from an int or a pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def move_points(points: np.ndarray | None, src: tuple[int, int], box: Box) -> np.ndarray | None:
+    """Relative points of a `src` (w, h) image, in the relative frame of the `box` region."""
+    if points is None:
+        return None
+    w, h = src
+    x0, y0, x1, y1 = box
+    px = (points[:, 0] + 1) * (w / 2)
+    py = (points[:, 1] + 1) * (h / 2)
+    out = np.empty_like(points)
+    out[:, 0] = (px - x0) / (x1 - x0) * 2 - 1
+    out[:, 1] = (py - y0) / (y1 - y0) * 2 - 1
+    return out
+
+
+def _pad_array(
+    arr: np.ndarray, top: int, bottom: int, left: int, right: int, mode: str
+) -> np.ndarray:
+    np_mode = {"zeros": "constant", "border": "edge", "reflection": "reflect"}[mode]
+    pads = ((top, bottom), (left, right), (0, 0))
+    if np_mode == "reflect" and (
+        max(top, bottom) >= arr.shape[0] or max(left, right) >= arr.shape[1]
+    ):
+        np_mode = "symmetric" if min(arr.shape[:2]) > 1 else "edge"
+    return np.pad(arr, pads, mode=np_mode)
+
+
+class ItemTransform:
+    """Base class: a callable on `(image, points, train)`; `size` is its output (h, w)."""
+
+    order = 0
+    size: tuple[int, int] | None = None
+
+    def __call__(
+        self, img: Image.Image, points: np.ndarray | None, train: bool
+    ) -> tuple[Image.Image, np.ndarray | None]:
+        raise NotImplementedError
+
+    def _params(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} -- {self._params()}"
+
+
+class Resize(ItemTransform):
+    """Resize to `size` by cropping (random on train, centre on valid), padding or squishing."""
+
+    order = 1
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        method: ResizeMethod | str = ResizeMethod.Crop,
+        pad_mode: PadMode | str = PadMode.Reflection,
+        resample: int = Image.BILINEAR,
+    ):
+        self.size = _as_size(size)
+        self.method = ResizeMethod(method).value
+        self.pad_mode = PadMode(pad_mode).value
+        self.resample = resample
+
+    def __call__(self, img, points, train):
+        w, h = img.size
+        out_h, out_w = self.size
+        if self.method == "squish":
+            box = (0.0, 0.0, float(w), float(h))
+            return img.resize((out_w, out_h), self.resample), move_points(points, (w, h), box)
+        if self.method == "crop":
+            scale = max(out_w / w, out_h / h)
+            cw, ch = out_w / scale, out_h / scale
+            fx, fy = (random.random(), random.random()) if train else (0.5, 0.5)
+            x0, y0 = (w - cw) * fx, (h - ch) * fy
+            box = (x0, y0, x0 + cw, y0 + ch)
+            return img.resize((out_w, out_h), self.resample, box=box), move_points(
+                points, (w, h), box
+            )
+        scale = min(out_w / w, out_h / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        left, top = (out_w - nw) // 2, (out_h - nh) // 2
+        arr = np.asarray(img.resize((nw, nh), self.resample))
+        arr = _pad_array(arr, top, out_h - nh - top, left, out_w - nw - left, self.pad_mode)
+        # the padded output shows this (virtual) region of the source image
+        sx, sy = w / nw, h / nh
+        box = (-left * sx, -top * sy, (out_w - left) * sx, (out_h - top) * sy)
+        return Image.fromarray(arr), move_points(points, (w, h), box)
+
+
+class RandomResizedCrop(ItemTransform):
+    """A random crop of `min_scale..max_scale` of the area and aspect in `ratio`, resized to `size`.
+
+    On validation: the centre of the image (slightly more than `size`, by `val_xtra`), resized.
+    """
+
+    order = 1
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        min_scale: float = 0.08,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        resample: int = Image.BILINEAR,
+        val_xtra: float = 0.14,
+        max_scale: float = 1.0,
+    ):
+        self.size = _as_size(size)
+        self.min_scale, self.max_scale = min_scale, max_scale
+        self.ratio = ratio
+        self.resample = resample
+        self.val_xtra = val_xtra
+
+    def _train_box(self, w: int, h: int) -> Box:
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            area = random.uniform(self.min_scale, self.max_scale) * w * h
+            aspect = math.exp(random.uniform(*log_ratio))
+            cw, ch = math.sqrt(area * aspect), math.sqrt(area / aspect)
+            if cw <= w and ch <= h:
+                x0, y0 = random.uniform(0, w - cw), random.uniform(0, h - ch)
+                return (x0, y0, x0 + cw, y0 + ch)
+        side = min(w, h)  # fall back to the largest centred square
+        return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+
+    def _valid_box(self, w: int, h: int) -> Box:
+        out_h, out_w = self.size
+        # squish to size + xtra, then centre-crop size: the crop is this fraction of each side
+        xtra = math.ceil(max(out_h, out_w) * self.val_xtra / 8) * 8
+        fx, fy = out_w / (out_w + xtra), out_h / (out_h + xtra)
+        cw, ch = w * fx, h * fy
+        return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+
+    def __call__(self, img, points, train):
+        w, h = img.size
+        box = self._train_box(w, h) if train else self._valid_box(w, h)
+        out_h, out_w = self.size
+        return img.resize((out_w, out_h), self.resample, box=box), move_points(points, (w, h), box)
+
+
+class FlipItem(ItemTransform):
+    """Horizontal flip with probability `p` on the training set."""
+
+    order = 2
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, img, points, train):
+        if not train or random.random() >= self.p:
+            return img, points
+        if points is not None:
+            points = points.copy()
+            points[:, 0] = -points[:, 0]
+        return img.transpose(Image.FLIP_LEFT_RIGHT), points
