@@ -1,0 +1,1 @@
+"""Training: the Learner, its losses, metrics, one-cycle schedules, fine_tune and the LR finder."""
