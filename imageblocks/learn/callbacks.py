@@ -1,0 +1,153 @@
+"""What happens around training: the recorder, the epoch table with a live progress bar, and
+the base class for callbacks (checkpointing, early stopping) that hook into `Learner.fit`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from imageblocks.learn.lr_find import LossSmoother
+
+
+class Callback:
+    """Hooks called by the training loop; override the ones you need."""
+
+    order = 0
+
+    def before_fit(self, learn: Any) -> None: ...
+    def after_batch(self, learn: Any) -> None: ...
+    def after_epoch(self, learn: Any) -> None: ...
+    def after_fit(self, learn: Any) -> None: ...
+
+
+class Recorder(Callback):
+    """Keeps per-batch losses, learning rates and momentums, and per-epoch results."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.moms: list[float] = []
+        self.losses: list[float] = []
+        self.values: list[list[float]] = []
+        self.iters: list[int] = []
+        self.metric_names: list[str] = []
+        self._smooth = LossSmoother(0.98)
+
+    def before_fit(self, learn: Any) -> None:
+        self._smooth = LossSmoother(0.98)
+        self.metric_names = ["epoch", "train_loss", "valid_loss", *learn.metric_names, "time"]
+
+    def add_batch(self, loss: float, lr: float, mom: float | None) -> float:
+        """Record one training batch; returns the smoothed loss."""
+        smooth = self._smooth(loss)
+        self.losses.append(smooth)
+        self.lrs.append(lr)
+        self.moms.append(mom if mom is not None else float("nan"))
+        return smooth
+
+    @property
+    def smooth_loss(self) -> float:
+        """The last smoothed training loss."""
+        return self.losses[-1] if self.losses else float("nan")
+
+    def add_epoch(self, values: list[float]) -> None:
+        """Record one epoch's [train_loss, valid_loss, *metrics]."""
+        self.values.append(values)
+        self.iters.append(len(self.losses))
+
+    def plot_loss(self, skip_start: int = 5, with_valid: bool = True):
+        """Training loss per batch (smoothed) and validation loss per epoch; returns the figure."""
+        fig, ax = plt.subplots(figsize=(6, 4))
+        losses = np.asarray(self.losses)
+        ax.plot(range(skip_start, len(losses)), losses[skip_start:], label="train")
+        if with_valid and self.values:
+            valid = [v[1] for v in self.values]
+            ax.plot(self.iters, valid, marker="o", label="valid")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        return fig
+
+    def plot_sched(self):
+        """The learning rate (and momentum) per batch; returns the figure."""
+        fig, axs = plt.subplots(1, 2, figsize=(8, 3))
+        axs[0].plot(self.lrs)
+        axs[0].set_title("learning rate")
+        axs[1].plot(self.moms)
+        axs[1].set_title("momentum")
+        return fig
+
+
+def format_time(seconds: float) -> str:
+    """mm:ss (or h:mm:ss)."""
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressTable(Callback):
+    """Prints `epoch train_loss valid_loss <metrics> time`, one row per epoch, under a live
+    progress bar (shown only on a terminal)."""
+
+    order = 10
+
+    def __init__(self, file: Any = None, live: bool | None = None) -> None:
+        self.file = file
+        self.live = live
+
+    def _out(self):
+        return self.file or sys.stdout
+
+    def before_fit(self, learn: Any) -> None:
+        self.names = learn.recorder.metric_names
+        self.widths = [max(len(n), 9) + 2 for n in self.names]
+        print(
+            "".join(n.ljust(w) for n, w in zip(self.names, self.widths)),
+            file=self._out(),
+            flush=True,
+        )
+        live = self._out().isatty() if self.live is None else self.live
+        self.bar = _Bar(self._out()) if live else None
+        self.start = time.perf_counter()
+
+    def after_batch(self, learn: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(learn.iter + 1, learn.n_iter, learn.recorder.smooth_loss)
+
+    def after_epoch(self, learn: Any) -> None:
+        if self.bar is not None:
+            self.bar.clear()
+        values = learn.recorder.values[-1]
+        cells = [str(learn.epoch)] + [_fmt(v) for v in values] + [format_time(learn.epoch_time)]
+        print("".join(c.ljust(w) for c, w in zip(cells, self.widths)), file=self._out(), flush=True)
+
+
+def _fmt(v: float) -> str:
+    return "None" if v is None else f"{v:.6f}"
+
+
+class _Bar:
+    """A one-line terminal progress bar (no dependency, redrawn in place)."""
+
+    def __init__(self, out: Any, width: int = 30) -> None:
+        self.out, self.width, self.t0 = out, width, time.perf_counter()
+
+    def update(self, i: int, n: int, loss: float) -> None:
+        if i == 1:
+            self.t0 = time.perf_counter()
+        done = int(self.width * i / max(n, 1))
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(i, 1) * (n - i)
+        bar = "█" * done + "░" * (self.width - done)
+        self.out.write(
+            f"\r{bar} {i}/{n} [{format_time(elapsed)}<{format_time(eta)}] loss {loss:.4f}"
+        )
+        self.out.flush()
+
+    def clear(self) -> None:
+        self.out.write("\r" + " " * (self.width + 60) + "\r")
+        self.out.flush()

@@ -1,0 +1,529 @@
+"""`Learner`: a model, its data, a loss, an optimiser and a training loop you can read in one go.
+
+`vision_learner` builds one for a pretrained backbone with a new head; `fit_one_cycle`,
+`fine_tune` and `lr_find` follow fastai's schedules (hand-written in `schedule.py`, the
+product's own value); everything else is plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imageblocks.data.loaders import DataLoader, DataLoaders
+from imageblocks.image import decode_image
+from imageblocks.learn.callbacks import Callback, ProgressTable, Recorder
+from imageblocks.learn.lr_find import (
+    LossSmoother,
+    exponential_lrs,
+    plot_lr_find,
+    should_stop,
+    suggest,
+    valley,
+)
+from imageblocks.learn.metrics import metric_name
+from imageblocks.learn.schedule import (
+    discriminative_lrs,
+    fine_tune_plan,
+    one_cycle_lrs,
+    one_cycle_moms,
+)
+from imageblocks.lists import L
+
+_NO_DECAY = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, _NO_DECAY)
+
+
+def _listify(o: Any) -> list:
+    if o is None:
+        return []
+    return list(o) if isinstance(o, (list, tuple)) else [o]
+
+
+def default_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Layer groups for discriminative learning rates: the model's own `param_groups`, else
+    body (`model[0]`) and head (the rest), else one group."""
+    from imageblocks.models.backbones import param_groups
+
+    return param_groups(model)
+
+
+class Learner:
+    """Trains `model` on `dls` with `loss_func`; records, validates, predicts."""
+
+    def __init__(
+        self,
+        dls: DataLoaders,
+        model: nn.Module,
+        loss_func: Callable | None = None,
+        opt_func: Callable = torch.optim.AdamW,
+        lr: float = 1e-3,
+        splitter: Callable = default_splitter,
+        cbs: Sequence[Callback] | None = None,
+        metrics: Any = None,
+        path: Any = ".",
+        wd: float = 1e-2,
+        moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+        train_bn: bool = True,
+        precision: str | None = None,
+        channels_last: bool = False,
+    ):
+        self.dls, self.model, self.path = dls, model, path
+        self.loss_func = loss_func if loss_func is not None else dls.loss_func
+        self.opt_func, self.lr, self.wd, self.moms, self.train_bn = opt_func, lr, wd, moms, train_bn
+        self.splitter = splitter
+        self.metrics = metrics
+        self.cbs = list(cbs or [])
+        self.recorder = Recorder()
+        self.precision = precision
+        self.channels_last = channels_last
+        self.thresholds: Any = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.epoch = self.iter = self.n_iter = 0
+        self.epoch_time = 0.0
+        self.model.to(self.dls.device)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # --- metrics ---------------------------------------------------------------------------
+    @property
+    def metrics(self) -> list[Callable]:
+        """The metrics computed on the validation set (a function, partial, or a list)."""
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, value: Any) -> None:
+        self._metrics = _listify(value)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Column names of the metrics."""
+        return [metric_name(m) for m in self.metrics]
+
+    # --- parameters, freezing, optimiser ---------------------------------------------------
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters in layer groups (body first, head last)."""
+        return self.splitter(self.model)
+
+    def create_opt(self) -> None:
+        """AdamW over the layer groups; norm layers and biases get no weight decay."""
+        groups = []
+        bn_params = {
+            id(p) for m in self.model.modules() if _is_bn(m) for p in m.parameters(recurse=False)
+        }
+        for k, params in enumerate(self.layer_groups()):
+            decay = [p for p in params if p.ndim > 1 and id(p) not in bn_params]
+            no_decay = [p for p in params if not (p.ndim > 1 and id(p) not in bn_params)]
+            groups.append({"params": decay, "weight_decay": self.wd, "layer_group": k})
+            groups.append({"params": no_decay, "weight_decay": 0.0, "layer_group": k})
+        groups = [g for g in groups if g["params"]]
+        kwargs: dict[str, Any] = {"lr": self.lr, "betas": (self.moms[0], 0.99), "eps": 1e-5}
+        if self.dls.device.type == "cuda":
+            kwargs["fused"] = True
+        self.opt = self.opt_func(groups, **kwargs)
+
+    def _set_hypers(self, lrs: Sequence[float], mom: float | None) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = float(lrs[g["layer_group"]])
+            if mom is not None and "betas" in g:
+                g["betas"] = (float(mom), g["betas"][1])
+
+    def freeze_to(self, n: int) -> None:
+        """Train only layer groups from `n` on (norm layers always train when `train_bn`)."""
+        groups = self.layer_groups()
+        bn_params = {
+            id(p) for m in self.model.modules() if _is_bn(m) for p in m.parameters(recurse=False)
+        }
+        start = n if n >= 0 else len(groups) + n
+        for k, params in enumerate(groups):
+            for p in params:
+                p.requires_grad_(k >= start)
+                if self.train_bn and id(p) in bn_params:
+                    p.requires_grad_(True)
+        if self.opt is None:
+            self.create_opt()
+
+    def freeze(self) -> None:
+        """Train only the head (and every norm layer)."""
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        """Train everything."""
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        if self.opt is None:
+            self.create_opt()
+
+    # --- precision -------------------------------------------------------------------------
+    def to_fp16(self) -> Learner:
+        """Mixed precision with float16 (CUDA)."""
+        self.precision = "fp16"
+        return self
+
+    def to_bf16(self) -> Learner:
+        """Mixed precision with bfloat16."""
+        self.precision = "bf16"
+        return self
+
+    def to_fp32(self) -> Learner:
+        """Full precision."""
+        self.precision = None
+        return self
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision is None:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.dls.device.type, dtype=dtype)
+
+    # --- one step --------------------------------------------------------------------------
+    def _split_batch(self, b: tuple) -> tuple[tuple, tuple]:
+        n = self.dls.n_inp
+        xs = b[:n]
+        if self.channels_last:
+            xs = tuple(
+                x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in xs
+            )
+        return xs, b[n:]
+
+    def _train_step(self, b: tuple) -> float:
+        xs, ys = self._split_batch(b)
+        with self._autocast():
+            pred = self.model(*xs)
+            loss = self.loss_func(pred, *ys)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss became {loss.item()}: lower the learning rate (try lr_find), "
+                "or check the targets for NaN/inf"
+            )
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(self.opt)
+            self._scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    # --- fitting ---------------------------------------------------------------------------
+    def _fit(
+        self,
+        n_epoch: int,
+        lrs: torch.Tensor,
+        moms: torch.Tensor | None,
+        cbs: Sequence[Callback] = (),
+    ) -> None:
+        """The loop: per-step hyper-parameters from `lrs` (steps, groups) and `moms` (steps,)."""
+        if self.opt is None:
+            self.create_opt()
+        if len(self.dls.train) == 0:
+            raise ValueError("the training loader has no batch: use a smaller batch size")
+        use_scaler = self.precision == "fp16" and self.dls.device.type == "cuda"
+        self._scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        callbacks = sorted([self.recorder, *self.cbs, *cbs, ProgressTable()], key=lambda c: c.order)
+        self.n_iter = len(self.dls.train)
+        for cb in callbacks:
+            cb.before_fit(self)
+        try:
+            for epoch in range(n_epoch):
+                self.epoch = epoch
+                t0 = time.perf_counter()
+                self.model.train()
+                for i, b in enumerate(self.dls.train):
+                    self.iter = i
+                    step = min(self.epoch * self.n_iter + self.iter, len(lrs) - 1)
+                    mom = None if moms is None else float(moms[step])
+                    self._set_hypers(lrs[step], mom)
+                    loss = self._train_step(b)
+                    self.recorder.add_batch(loss, float(lrs[step][-1]), mom)
+                    for cb in callbacks:
+                        cb.after_batch(self)
+                valid = self._validate(self.dls.valid) if len(self.dls.valid.dataset) else [None]
+                self.epoch_time = time.perf_counter() - t0
+                self.recorder.add_epoch([self.recorder.smooth_loss, *valid])
+                for cb in callbacks:
+                    cb.after_epoch(self)
+        finally:
+            for cb in callbacks:
+                cb.after_fit(self)
+
+    def _group_lrs(self, lr: float | slice | Sequence[float]) -> list[float]:
+        return discriminative_lrs(lr, len(self.layer_groups()))
+
+    def fit(
+        self,
+        n_epoch: int,
+        lr: float | slice | None = None,
+        wd: float | None = None,
+        cbs: Sequence[Callback] = (),
+    ) -> None:
+        """Train `n_epoch` epochs at a constant learning rate."""
+        if wd is not None:
+            self.wd = wd
+            self.opt = None
+        steps = max(1, n_epoch * len(self.dls.train))
+        lrs = torch.tensor([self._group_lrs(self.lr if lr is None else lr)] * steps)
+        self._fit(n_epoch, lrs, None, cbs)
+
+    def fit_one_cycle(
+        self,
+        n_epoch: int,
+        lr_max: float | slice | None = None,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        pct_start: float = 0.25,
+        wd: float | None = None,
+        moms: tuple[float, float, float] | None = None,
+        cbs: Sequence[Callback] = (),
+    ) -> None:
+        """Train with the one-cycle schedule: warm up to `lr_max`, then anneal (cosine)."""
+        if wd is not None:
+            self.wd = wd
+            self.opt = None
+        steps = max(1, n_epoch * len(self.dls.train))
+        lr_max = self.lr if lr_max is None else lr_max
+        lrs = one_cycle_lrs(self._group_lrs(lr_max), steps, pct_start, div, div_final)
+        mom_sched = one_cycle_moms(steps, pct_start, moms or self.moms)
+        self._fit(n_epoch, lrs, mom_sched, cbs)
+
+    def fine_tune(
+        self,
+        epochs: int,
+        base_lr: float = 2e-3,
+        freeze_epochs: int = 1,
+        lr_mult: float = 100,
+        pct_start: float = 0.3,
+        div: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        """Train the head with the body frozen, then everything with discriminative rates."""
+        for phase in fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult, pct_start, div):
+            self.freeze() if phase.frozen else self.unfreeze()
+            self.fit_one_cycle(
+                phase.epochs,
+                phase.lr,
+                div=phase.div,
+                pct_start=phase.pct_start,
+                div_final=phase.div_final,
+                **kwargs,
+            )
+
+    # --- learning-rate finder --------------------------------------------------------------
+    def lr_find(
+        self,
+        start_lr: float = 1e-7,
+        end_lr: float = 10,
+        num_it: int = 100,
+        stop_div: bool = True,
+        show_plot: bool = True,
+        suggest_funcs: Sequence[Callable] = (valley,),
+    ) -> tuple:
+        """Train with exponentially growing rates until the loss diverges; suggest rates.
+
+        The model and optimiser are restored afterwards. Returns `SuggestedLRs(valley=...)`.
+        """
+        if self.opt is None:
+            self.create_opt()
+        state = copy.deepcopy(self.model.state_dict())
+        opt_state = copy.deepcopy(self.opt.state_dict())
+        self._scaler = None
+        lrs_sched = exponential_lrs(start_lr, end_lr, num_it)
+        smoother, lrs, losses, best = LossSmoother(0.98), [], [], float("inf")
+        self.model.train()
+        it = 0
+        try:
+            while it < num_it:
+                for b in self.dls.train:
+                    lr = float(lrs_sched[it])
+                    self._set_hypers([lr] * len(self.layer_groups()), None)
+                    try:
+                        raw = self._train_step(b)
+                    except FloatingPointError:
+                        raw = float("nan")
+                    smooth = smoother(raw) if np.isfinite(raw) else float("nan")
+                    lrs.append(lr)
+                    losses.append(smooth)
+                    if np.isfinite(smooth):
+                        best = min(best, smooth)
+                    if stop_div and should_stop(smooth, best, it, num_it):
+                        it = num_it
+                        break
+                    it += 1
+                    if it >= num_it:
+                        break
+        finally:
+            self.model.load_state_dict(state)
+            self.opt.load_state_dict(opt_state)
+        finite = [(a, b) for a, b in zip(lrs, losses) if np.isfinite(b)]
+        self.lr_find_lrs, self.lr_find_losses = [a for a, _ in finite], [b for _, b in finite]
+        suggestions, points = suggest(self.lr_find_lrs, self.lr_find_losses, suggest_funcs)
+        if show_plot:
+            self.lr_find_figure = plot_lr_find(
+                self.lr_find_lrs, self.lr_find_losses, suggestions, points
+            )
+        return suggestions
+
+    # --- evaluation ------------------------------------------------------------------------
+    def _dl(self, ds_idx: int = 1, dl: DataLoader | None = None) -> DataLoader:
+        return dl if dl is not None else self.dls[ds_idx]
+
+    @torch.no_grad()
+    def _raw_preds(self, dl: DataLoader, with_input: bool = False) -> tuple:
+        """Raw model outputs, targets (and inputs) for every batch of `dl`, concatenated."""
+        self.model.eval()
+        preds, targs, inputs = [], [], []
+        for b in dl:
+            xs, ys = self._split_batch(b)
+            with self._autocast():
+                out = self.model(*xs)
+            preds.append(out.float())
+            if ys:
+                targs.append(ys[0])
+            if with_input:
+                inputs.append(xs[0])
+        cat = lambda ts: torch.cat(ts) if ts else None
+        return cat(preds), cat(targs), cat(inputs)
+
+    def _validate(self, dl: DataLoader) -> list[float]:
+        preds, targs, _ = self._raw_preds(dl)
+        loss = self.loss_func(preds, targs).item()
+        return [loss] + [float(m(preds, targs)) for m in self.metrics]
+
+    def validate(self, ds_idx: int = 1, dl: DataLoader | None = None) -> L:
+        """`[valid_loss, *metrics]` on the validation set (or `dl`)."""
+        return L(self._validate(self._dl(ds_idx, dl)))
+
+    def get_preds(
+        self,
+        ds_idx: int = 1,
+        dl: DataLoader | None = None,
+        with_input: bool = False,
+        with_decoded: bool = False,
+        act: Callable | None = None,
+    ) -> tuple:
+        """(predictions after the loss's activation, targets), in the loader's order."""
+        dl = self._dl(ds_idx, dl)
+        raw, targs, inputs = self._raw_preds(dl, with_input)
+        act = act or getattr(self.loss_func, "activation", lambda x: x)
+        preds = act(raw)
+        if targs is not None and preds.numel() == targs.numel() and preds.shape != targs.shape:
+            preds = preds.reshape(targs.shape)  # points: (B, 2n) -> (B, n, 2)
+        res: list[Any] = [preds, targs]
+        if with_decoded:
+            res.append(self.decode_preds(preds))
+        if with_input:
+            res.insert(0, inputs)
+        return tuple(res)
+
+    def decode_preds(self, preds: torch.Tensor) -> torch.Tensor:
+        """Activated predictions to decisions (multi-label: per-class thresholds when tuned)."""
+        if self.thresholds is not None:
+            return preds > torch.as_tensor(self.thresholds, dtype=preds.dtype, device=preds.device)
+        return getattr(self.loss_func, "decodes", lambda x: x)(preds)
+
+    def predict(self, item: Any) -> tuple:
+        """Predict one image (path, bytes, PIL image or array).
+
+        Multi-label: (labels, boolean mask, probabilities). Single label: (label, index, probs).
+        Points: (points in the input image's pixels (n, 2), points in [-1, 1], same)."""
+        dl = self.dls.test_dl([item])
+        (xb,) = next(iter(dl))[: self.dls.n_inp]
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            raw = self.model(xb).float()
+        preds = getattr(self.loss_func, "activation", lambda x: x)(raw)[0].cpu()
+        target = self.dls.block_info.get("target_block")
+        vocab = getattr(target, "vocab", None)
+        if getattr(target, "kind", None) == "points":
+            rel = preds.reshape(-1, 2)
+            _, (w, h) = decode_image(item)
+            pix = (rel + 1) / 2 * torch.tensor([float(w), float(h)])
+            return pix, rel, rel
+        decoded = self.decode_preds(preds[None])[0].cpu()
+        if vocab is not None and decoded.dtype == torch.bool:
+            return vocab[decoded], decoded, preds
+        if vocab is not None:
+            return vocab[int(decoded)], decoded, preds
+        return decoded, decoded, preds
+
+    def show_results(
+        self,
+        ds_idx: int = 1,
+        dl: DataLoader | None = None,
+        max_n: int = 9,
+        nrows: int | None = None,
+        ncols: int | None = None,
+        figsize: tuple | None = None,
+    ):
+        """Targets next to predictions for the first images of the validation set; a figure."""
+        from imageblocks.show import show_results
+
+        return show_results(
+            self, self._dl(ds_idx, dl), max_n=max_n, nrows=nrows, ncols=ncols, figsize=figsize
+        )
+
+    # --- weights ---------------------------------------------------------------------------
+    def save(self, file: Any) -> Any:
+        """Save the model weights (safetensors)."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(file))
+        return file
+
+    def load(self, file: Any) -> Learner:
+        """Load model weights saved by `save`."""
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(file), device=str(self.dls.device)))
+        return self
+
+
+def vision_learner(
+    dls: DataLoaders,
+    arch: Any,
+    normalize: bool = True,
+    n_out: int | None = None,
+    pretrained: bool = True,
+    loss_func: Callable | None = None,
+    metrics: Any = None,
+    y_range: tuple[float, float] | None = None,
+    weights: Any = None,
+    **kwargs: Any,
+) -> Learner:
+    """A `Learner` for `arch` (a name like 'resnet34' or any timm model, or a constructor) with a
+    new head sized from `dls`; pretrained bodies start frozen and add their normalisation."""
+    from imageblocks.models.backbones import create_vision_model
+    from imageblocks.transforms.batch import Normalize
+
+    n_out = n_out if n_out is not None else dls.c
+    if n_out is None:
+        raise ValueError("cannot tell how many outputs the model needs: pass n_out=")
+    model = create_vision_model(
+        arch, n_out, pretrained=pretrained, y_range=y_range, weights=weights
+    )
+    if normalize and pretrained:
+        for dl in dls.loaders:
+            if not any(isinstance(t, Normalize) for t in dl.after_batch):
+                dl.after_batch = sorted(
+                    [*dl.after_batch, Normalize.from_stats(model.mean, model.std)],
+                    key=lambda t: getattr(t, "order", 0),
+                )
+    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, **kwargs)
+    if pretrained:
+        learn.freeze()
+    return learn
+
+
+cnn_learner = vision_learner
