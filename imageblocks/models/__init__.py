@@ -1,0 +1,1 @@
+"""Models: pretrained bodies by name (`backbones`) and the pooling head put on top (`head`)."""
