@@ -36,6 +36,7 @@ from imageblocks.learn.schedule import (
     one_cycle_moms,
 )
 from imageblocks.lists import L
+from imageblocks.transforms.item import source_region
 
 _NO_DECAY = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
@@ -448,7 +449,8 @@ class Learner:
         if getattr(target, "kind", None) == "points":
             rel = preds.reshape(-1, 2)
             _, (w, h) = decode_image(item)
-            pix = (rel + 1) / 2 * torch.tensor([float(w), float(h)])
+            x0, y0, x1, y1 = source_region(self.dls.block_info.get("item_tfms", []), w, h)
+            pix = (rel + 1) / 2 * torch.tensor([x1 - x0, y1 - y0]) + torch.tensor([x0, y0])
             return pix, rel, rel
         decoded = self.decode_preds(preds[None])[0].cpu()
         if vocab is not None and decoded.dtype == torch.bool:
@@ -472,6 +474,13 @@ class Learner:
         return show_results(
             self, self._dl(ds_idx, dl), max_n=max_n, nrows=nrows, ncols=ncols, figsize=figsize
         )
+
+    # --- export ----------------------------------------------------------------------------
+    def export(self, path: Any = "export") -> Any:
+        """Write `config.json` + `model.safetensors` into the folder `path` (no pickle)."""
+        from imageblocks.learn.export import export_learner
+
+        return export_learner(self, path)
 
     # --- weights ---------------------------------------------------------------------------
     def save(self, file: Any) -> Any:

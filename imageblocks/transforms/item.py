@@ -79,6 +79,15 @@ class ItemTransform:
     def _params(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
+    def config(self) -> dict:
+        """A JSON-able description, read back by `item_tfm_from_config` (used by export)."""
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self._params().items()}
+        return {"name": type(self).__name__, **params}
+
+    def valid_box(self, w: int, h: int) -> Box:
+        """The region of a (w, h) source image that the validation output shows, in pixels."""
+        return (0.0, 0.0, float(w), float(h))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__} -- {self._params()}"
 
@@ -99,6 +108,28 @@ class Resize(ItemTransform):
         self.method = ResizeMethod(method).value
         self.pad_mode = PadMode(pad_mode).value
         self.resample = resample
+
+    def _crop_box(self, w: int, h: int, fx: float, fy: float) -> Box:
+        out_h, out_w = self.size
+        scale = max(out_w / w, out_h / h)
+        cw, ch = out_w / scale, out_h / scale
+        x0, y0 = (w - cw) * fx, (h - ch) * fy
+        return (x0, y0, x0 + cw, y0 + ch)
+
+    def _pad_geometry(self, w: int, h: int) -> tuple[int, int, int, int, Box]:
+        out_h, out_w = self.size
+        scale = min(out_w / w, out_h / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        left, top = (out_w - nw) // 2, (out_h - nh) // 2
+        sx, sy = w / nw, h / nh  # the padded output shows this (virtual) region of the source
+        return nw, nh, left, top, (-left * sx, -top * sy, (out_w - left) * sx, (out_h - top) * sy)
+
+    def valid_box(self, w, h):
+        if self.method == "crop":
+            return self._crop_box(w, h, 0.5, 0.5)
+        if self.method == "pad":
+            return self._pad_geometry(w, h)[4]
+        return (0.0, 0.0, float(w), float(h))
 
     def __call__(self, img, points, train):
         w, h = img.size
@@ -161,7 +192,7 @@ class RandomResizedCrop(ItemTransform):
         side = min(w, h)  # fall back to the largest centred square
         return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
 
-    def _valid_box(self, w: int, h: int) -> Box:
+    def valid_box(self, w: int, h: int) -> Box:
         out_h, out_w = self.size
         # squish to size + xtra, then centre-crop size: the crop is this fraction of each side
         xtra = math.ceil(max(out_h, out_w) * self.val_xtra / 8) * 8
@@ -171,7 +202,7 @@ class RandomResizedCrop(ItemTransform):
 
     def __call__(self, img, points, train):
         w, h = img.size
-        box = self._train_box(w, h) if train else self._valid_box(w, h)
+        box = self._train_box(w, h) if train else self.valid_box(w, h)
         out_h, out_w = self.size
         return img.resize((out_w, out_h), self.resample, box=box), move_points(points, (w, h), box)
 
@@ -191,3 +222,31 @@ class FlipItem(ItemTransform):
             points = points.copy()
             points[:, 0] = -points[:, 0]
         return img.transpose(Image.FLIP_LEFT_RIGHT), points
+
+
+ITEM_TRANSFORMS: dict[str, type[ItemTransform]] = {
+    c.__name__: c for c in (Resize, RandomResizedCrop, FlipItem)
+}
+
+
+def item_tfm_from_config(config: dict) -> ItemTransform:
+    """Rebuild an item transform from `ItemTransform.config()` (no code is loaded)."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name not in ITEM_TRANSFORMS:
+        raise ValueError(f"unknown item transform {name!r}; known: {sorted(ITEM_TRANSFORMS)}")
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return ITEM_TRANSFORMS[name](**config)
+
+
+def source_region(tfms: list[ItemTransform], w: int, h: int) -> Box:
+    """The region of a (w, h) image that the validation transforms' output shows, in pixels."""
+    x0, y0, x1, y1 = 0.0, 0.0, float(w), float(h)
+    cw, ch = w, h
+    for t in tfms:
+        bx0, by0, bx1, by1 = t.valid_box(cw, ch)
+        sx, sy = (x1 - x0) / cw, (y1 - y0) / ch
+        x0, y0, x1, y1 = x0 + bx0 * sx, y0 + by0 * sy, x0 + bx1 * sx, y0 + by1 * sy
+        if t.size is not None:
+            ch, cw = t.size
+    return (x0, y0, x1, y1)
