@@ -174,8 +174,8 @@ class DataBlock:
                 ds,
                 bs=bs,
                 num_workers=kw.pop("num_workers", 0),
-                device=device,
-                after_batch=self.batch_tfms,
+                device=loaders[1].device,
+                after_batch=loaders[1].after_batch,  # what validation does now (Normalize added later too)
                 kinds=test.kinds,
                 train=False,
                 **kw,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imageblocks.errors import CollateError
+from imageblocks.errors import CollateError, ItemError
 
 
 def default_device() -> torch.device:
@@ -186,8 +186,13 @@ class DataLoader:
         return b
 
     def __iter__(self) -> Iterator[Any]:
-        for b in self._torch_loader():
-            yield self.process(b)
+        try:
+            for b in self._torch_loader():
+                yield self.process(b)
+        except ItemError as e:
+            # a worker's error arrives wrapped in its traceback: keep only our message
+            last = str(e).strip().splitlines()[-1]
+            raise ItemError(last.removeprefix(f"{ItemError.__module__}.ItemError: ")) from None
 
     def one_batch(self) -> Any:
         """The first batch, built in this process (no workers started)."""
@@ -196,7 +201,9 @@ class DataLoader:
                 "this DataLoader's dataset is empty: check the splitter and the source"
             )
         n = min(self.bs, len(self.dataset))
-        return self.process(collate([self.dataset[i] for i in range(n)]))
+        # a shuffled loader shows a random batch (seeded by torch.manual_seed), as iteration does
+        idxs = torch.randperm(len(self.dataset))[:n].tolist() if self.shuffle else range(n)
+        return self.process(collate([self.dataset[i] for i in idxs]))
 
     def decode(self, b: tuple) -> tuple:
         """Undo the reversible batch transforms (normalisation) for display."""

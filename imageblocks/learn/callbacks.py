@@ -38,6 +38,7 @@ class Recorder(Callback):
 
     def before_fit(self, learn: Any) -> None:
         self._smooth = LossSmoother(0.98)
+        self.lrs, self.moms, self.losses, self.values, self.iters = [], [], [], [], []
         self.metric_names = ["epoch", "train_loss", "valid_loss", *learn.metric_names, "time"]
 
     def add_batch(self, loss: float, lr: float, mom: float | None) -> float:

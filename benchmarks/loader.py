@@ -1,0 +1,141 @@
+"""Loader throughput, imageblocks against fastai, same data, workers and machine, one run.
+
+Images per second through one training epoch (and one validation epoch) of the book's PASCAL
+recipe (RandomResizedCrop(128, min_scale=0.35), bs 64) and BIWI recipe (aug_transforms(size=
+(240, 320)) + Normalize), on the demo datasets, on the CPU. Writes
+benchmarks/results/loader-<machine>.json and .md.
+
+    make bench-loader            # or: .venv/bin/python benchmarks/loader.py [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from imageblocks.data.sources import URLs, untar_data
+from imageblocks.demo_recipes import multilabel_block, points_block
+
+ROOT = Path(__file__).resolve().parent
+FASTAI_PY = ROOT.parent / ".venv-fastai" / "bin" / "python"
+
+
+def epoch_rate(dl, epochs: int) -> list[float]:
+    """Images per second for each of `epochs` passes over `dl`."""
+    rates = []
+    for _ in range(epochs):
+        n, t0 = 0, time.perf_counter()
+        for b in dl:
+            n += len(b[0])
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def imageblocks_rates(pascal: Path, biwi: Path, workers: int, bs: int, epochs: int) -> dict:
+    """imageblocks' side: the same recipes through `imageblocks.demo_recipes`."""
+    df = pd.read_csv(pascal / "train.csv")
+    dls = multilabel_block(pascal).dataloaders(df, bs=bs, num_workers=workers, device="cpu")
+    out = {
+        "multilabel": epoch_rate(dls.train, epochs),
+        "multilabel_valid": epoch_rate(dls.valid, 1),
+    }
+    dls = points_block(biwi).dataloaders(biwi, bs=bs, num_workers=workers, device="cpu")
+    out["points"] = epoch_rate(dls.train, epochs)
+    out["points_valid"] = epoch_rate(dls.valid, 1)
+    return out
+
+
+def machine_name() -> str:
+    """A short name for this machine: CPU count and model."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu{torch.get_num_threads()}-{cpu}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--bs", type=int, default=64)
+    ap.add_argument(
+        "--epochs", type=int, default=2, help="training epochs timed (the first is cold)"
+    )
+    args = ap.parse_args()
+    pascal, biwi = untar_data(URLs.DEMO_MULTILABEL), untar_data(URLs.DEMO_POINTS)
+    ours = imageblocks_rates(pascal, biwi, args.workers, args.bs, args.epochs)
+    print("imageblocks", json.dumps(ours), flush=True)
+    if not FASTAI_PY.exists():
+        sys.exit(f"fastai's environment is missing: run `make fastai-env` first ({FASTAI_PY})")
+    cmd = [
+        str(FASTAI_PY),
+        str(ROOT / "fastai_loader.py"),
+        str(pascal),
+        str(biwi),
+        str(args.workers),
+        str(args.bs),
+        str(args.epochs),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    theirs = json.loads(res.stdout.strip().splitlines()[-1])
+    print("fastai", json.dumps(theirs), flush=True)
+
+    rows = []
+    for key, label in (
+        ("multilabel", "PASCAL recipe, train epoch"),
+        ("multilabel_valid", "PASCAL recipe, valid epoch"),
+        ("points", "BIWI recipe, train epoch"),
+        ("points_valid", "BIWI recipe, valid epoch"),
+    ):
+        a, b = max(ours[key]), max(theirs[key])
+        rows.append(
+            {
+                "recipe": label,
+                "imageblocks_img_s": round(a, 1),
+                "fastai_img_s": round(b, 1),
+                "speedup": round(a / b, 2),
+            }
+        )
+    name = machine_name()
+    result = {
+        "machine": name,
+        "workers": args.workers,
+        "bs": args.bs,
+        "epochs": args.epochs,
+        "torch": torch.__version__,
+        "rows": rows,
+        "raw": {"imageblocks": ours, "fastai": theirs},
+    }
+    out_dir = ROOT / "results"
+    out_dir.mkdir(exist_ok=True)
+    slug = "loader-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
+    (out_dir / f"{slug}.json").write_text(json.dumps(result, indent=2))
+    md = [
+        f"Loader throughput on {name}, {args.workers} workers, bs {args.bs}, best of {args.epochs} "
+        "training epochs (images/s):",
+        "",
+        "| recipe | imageblocks | fastai | speed-up |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    md += [
+        f"| {r['recipe']} | {r['imageblocks_img_s']} | {r['fastai_img_s']} | {r['speedup']}x |"
+        for r in rows
+    ]
+    (out_dir / f"{slug}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Everything the book's chapter-6 code uses: `from imageblocks.all import *`.
+
+This is the only star-import surface of the package (the book's `from fastai.vision.all import *`).
+"""
+
+import math
+from functools import partial
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imageblocks.data.block import DataBlock
+from imageblocks.data.blocks import (
+    CategoryBlock,
+    ImageBlock,
+    MultiCategoryBlock,
+    PointBlock,
+    RegressionBlock,
+    TransformBlock,
+    Vocab,
+)
+from imageblocks.data.datasets import Datasets
+from imageblocks.data.loaders import DataLoader, DataLoaders, collate
+from imageblocks.data.sources import URLs, get_files, get_image_files, untar_data
+from imageblocks.data.splitters import (
+    ColSplitter,
+    FuncSplitter,
+    GrandparentSplitter,
+    IndexSplitter,
+    MaskSplitter,
+    ParentSplitter,
+    RandomSplitter,
+)
+from imageblocks.errors import CollateError, ItemError
+from imageblocks.image import PILImage, open_image
+from imageblocks.learn.callbacks import Callback, Recorder
+from imageblocks.learn.learner import Learner, cnn_learner, vision_learner
+from imageblocks.learn.losses import (
+    BCEWithLogitsLossFlat,
+    CrossEntropyLossFlat,
+    L1LossFlat,
+    MSELossFlat,
+    binary_cross_entropy,
+)
+from imageblocks.learn.lr_find import SuggestedLRs, minimum, slide, steep, valley
+from imageblocks.learn.metrics import (
+    APScoreMulti,
+    F1ScoreMulti,
+    PrecisionMulti,
+    RecallMulti,
+    accuracy,
+    accuracy_multi,
+    error_rate,
+    mae,
+    mean_average_precision,
+    mse,
+    pixel_error,
+    rmse,
+)
+from imageblocks.lists import L, first
+from imageblocks.models.backbones import (
+    convnext_tiny,
+    create_body,
+    create_vision_model,
+    efficientnet_lite0,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+)
+from imageblocks.models.head import SigmoidRange, create_head, sigmoid_range
+from imageblocks.paths import Path
+from imageblocks.show import plot_function, show_batch, show_results
+from imageblocks.tensors import tensor, to_cpu, to_device
+from imageblocks.transforms.batch import (
+    AffineWarp,
+    Brightness,
+    Contrast,
+    Dihedral,
+    Flip,
+    Lighting,
+    Normalize,
+    Rotate,
+    Warp,
+    Zoom,
+    aug_transforms,
+    imagenet_stats,
+)
+from imageblocks.transforms.item import PadMode, RandomResizedCrop, Resize, ResizeMethod
+
+__all__ = [name for name in dir() if not name.startswith("_")]
