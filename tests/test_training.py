@@ -1,0 +1,104 @@
+"""End to end: tiny models on tiny generated data learn what an untrained model cannot."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from imageblocks.data.block import DataBlock
+from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
+from imageblocks.data.splitters import ColSplitter
+from imageblocks.learn.export import load_learner
+from imageblocks.learn.learner import vision_learner
+from imageblocks.learn.metrics import accuracy_multi, mean_average_precision, pixel_error
+from imageblocks.transforms.item import Resize
+
+
+def _shapes_dataset(root, n: int = 96, size: int = 48, seed: int = 0) -> pd.DataFrame:
+    """Images holding a square, a disk, both or neither; labels by shape, colours random."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        img = Image.fromarray(rng.integers(60, 200, (size, size, 3), dtype=np.uint8))
+        d = ImageDraw.Draw(img)
+        labels = [name for name in ("square", "disk") if rng.random() < 0.5]
+        for name in labels:
+            r = int(rng.integers(7, 11))
+            x, y = rng.integers(r, size - r, 2)
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (d.rectangle if name == "square" else d.ellipse)([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0), width=2)
+        img.save(root / f"{i:03d}.png")
+        rows.append((f"{i:03d}.png", " ".join(labels), i % 3 == 0))
+    return pd.DataFrame(rows, columns=["fname", "labels", "is_valid"])
+
+
+def test_multilabel_model_learns_shapes(tmp_path):
+    torch.manual_seed(0)
+    df = _shapes_dataset(tmp_path)
+    dblock = DataBlock(blocks=(ImageBlock, MultiCategoryBlock), splitter=ColSplitter(),
+                       get_x=lambda r: tmp_path / r["fname"], get_y=lambda r: r["labels"].split(" "),
+                       item_tfms=Resize(48))
+    dls = dblock.dataloaders(df, bs=16, num_workers=0)
+    learn = vision_learner(dls, "efficientnet_lite0", metrics=partial(accuracy_multi, thresh=0.5))
+    preds, targs = learn.get_preds()
+    untrained = float(mean_average_precision(preds, targs, sigmoid=False))
+    loss_before = learn.validate()[0]
+    learn.fine_tune(2, base_lr=1e-2, freeze_epochs=2)
+    preds, targs = learn.get_preds()
+    trained = float(mean_average_precision(preds, targs, sigmoid=False))
+    assert trained >= 0.9 and trained > untrained + 0.2
+    assert learn.validate()[0] < loss_before
+
+    export = learn.export(tmp_path / "model")
+    again = load_learner(export)
+    img = tmp_path / df["fname"][0]
+    a, b = learn.predict(img), again.predict(img)
+    assert list(a[0]) == list(b[0]) and torch.allclose(a[2], b[2], atol=1e-5)
+
+
+def _blob_dataset(root, n: int = 320, w: int = 48, h: int = 48, r: int = 6, seed: int = 0) -> list:
+    """One bright square per image at a random place: the key point is its centre."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        arr = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+        arr[int(cy) - r : int(cy) + r, int(cx) - r : int(cx) + r] = 255
+        Image.fromarray(arr).save(root / f"{i:03d}.png")
+        items.append((root / f"{i:03d}.png", (int(cx), int(cy)), i % 4 == 0))
+    return items
+
+
+def test_point_model_finds_the_blob(tmp_path):
+    torch.manual_seed(0)
+    items = _blob_dataset(tmp_path)
+    dblock = DataBlock(blocks=(ImageBlock, PointBlock), get_x=lambda o: o[0], get_y=lambda o: o[1],
+                       splitter=lambda its: ([i for i, o in enumerate(its) if not o[2]],
+                                             [i for i, o in enumerate(its) if o[2]]))
+    dls = dblock.dataloaders(items, bs=16, num_workers=0)
+    learn = vision_learner(dls, "resnet18", pretrained=False, y_range=(-1, 1))
+    preds, targs = learn.get_preds()
+    centre = pixel_error(torch.zeros_like(targs), targs, (48, 48))
+    learn.fit_one_cycle(10, 1e-2)
+    preds, targs = learn.get_preds()
+    err = pixel_error(preds, targs, (48, 48))
+    assert err < 0.5 * centre, f"pixel error {err:.1f} vs {centre:.1f} for always guessing the centre"
+    pix, rel, _ = learn.predict(items[0][0])
+    assert pix.shape == (1, 2) and 0 <= pix[0, 0] <= 48 and 0 <= pix[0, 1] <= 48
+    assert torch.allclose(pix, (rel + 1) / 2 * 48)
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_mixed_precision_trains(tmp_path, precision):
+    torch.manual_seed(0)
+    items = _blob_dataset(tmp_path, n=32)
+    dblock = DataBlock(blocks=(ImageBlock, PointBlock), get_x=lambda o: o[0], get_y=lambda o: o[1])
+    dls = dblock.dataloaders(items, bs=8, num_workers=0)
+    learn = vision_learner(dls, "resnet18", pretrained=False, y_range=(-1, 1)).to_bf16()
+    learn.fit_one_cycle(1, 1e-3)
+    assert np.isfinite(learn.recorder.values[-1][1])
