@@ -50,11 +50,19 @@ def main(pascal: str, biwi: str, workers: int, bs: int, epochs: int) -> None:
     def splitter(df):
         return df.index[~df["is_valid"]].tolist(), df.index[df["is_valid"]].tolist()
 
-    dblock = DataBlock(blocks=(ImageBlock, MultiCategoryBlock), splitter=splitter, get_x=get_x,
-                       get_y=get_y, item_tfms=RandomResizedCrop(128, min_scale=0.35))
+    dblock = DataBlock(
+        blocks=(ImageBlock, MultiCategoryBlock),
+        splitter=splitter,
+        get_x=get_x,
+        get_y=get_y,
+        item_tfms=RandomResizedCrop(128, min_scale=0.35),
+    )
     df["labels"] = df["labels"].fillna("")
     dls = dblock.dataloaders(df, bs=bs, num_workers=workers, device="cpu")
-    out = {"multilabel": epoch_rate(dls.train, epochs), "multilabel_valid": epoch_rate(dls.valid, 1)}
+    out = {
+        "multilabel": epoch_rate(dls.train, epochs),
+        "multilabel_valid": epoch_rate(dls.valid, 1),
+    }
 
     bpath = Path(biwi)
     cal = np.genfromtxt(bpath / "01" / "rgb.cal", skip_footer=6)
@@ -68,9 +76,13 @@ def main(pascal: str, biwi: str, workers: int, bs: int, epochs: int) -> None:
         c2 = ctr[1] * cal[1][1] / ctr[2] + cal[1][2]
         return tensor([c1, c2])
 
-    biwi_block = DataBlock(blocks=(ImageBlock, PointBlock), get_items=get_image_files, get_y=get_ctr,
-                           splitter=FuncSplitter(lambda o: o.parent.name == "13"),
-                           batch_tfms=[*aug_transforms(size=(240, 320)), Normalize.from_stats(*imagenet_stats)])
+    biwi_block = DataBlock(
+        blocks=(ImageBlock, PointBlock),
+        get_items=get_image_files,
+        get_y=get_ctr,
+        splitter=FuncSplitter(lambda o: o.parent.name == "13"),
+        batch_tfms=[*aug_transforms(size=(240, 320)), Normalize.from_stats(*imagenet_stats)],
+    )
     dls = biwi_block.dataloaders(bpath, bs=bs, num_workers=workers, device="cpu")
     out["points"] = epoch_rate(dls.train, epochs)
     out["points_valid"] = epoch_rate(dls.valid, 1)

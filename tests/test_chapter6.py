@@ -57,7 +57,9 @@ def test_multilabel_chapter(home):
     img, target = dsets.train[0]
     assert repr(img).startswith("PILImage mode=RGB size=")
     idxs = torch.where(dsets.train[0][1] == 1.0)[0]
-    assert list(dsets.train.vocab[idxs]) == sorted(l for l in get_y(dsets.train.items[0]) if l)
+    assert list(dsets.train.vocab[idxs]) == sorted(
+        lab for lab in get_y(dsets.train.items[0]) if lab
+    )
     assert list(dsets.train.vocab) == sorted(dsets.train.vocab)
     with pytest.raises(CollateError):
         dblock.summary(df)

@@ -31,7 +31,9 @@ def _shapes_dataset(root, n: int = 96, size: int = 48, seed: int = 0) -> pd.Data
             r = int(rng.integers(7, 11))
             x, y = rng.integers(r, size - r, 2)
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            (d.rectangle if name == "square" else d.ellipse)([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0), width=2)
+            (d.rectangle if name == "square" else d.ellipse)(
+                [x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0), width=2
+            )
         img.save(root / f"{i:03d}.png")
         rows.append((f"{i:03d}.png", " ".join(labels), i % 3 == 0))
     return pd.DataFrame(rows, columns=["fname", "labels", "is_valid"])
@@ -40,9 +42,13 @@ def _shapes_dataset(root, n: int = 96, size: int = 48, seed: int = 0) -> pd.Data
 def test_multilabel_model_learns_shapes(tmp_path):
     torch.manual_seed(0)
     df = _shapes_dataset(tmp_path)
-    dblock = DataBlock(blocks=(ImageBlock, MultiCategoryBlock), splitter=ColSplitter(),
-                       get_x=lambda r: tmp_path / r["fname"], get_y=lambda r: r["labels"].split(" "),
-                       item_tfms=Resize(48))
+    dblock = DataBlock(
+        blocks=(ImageBlock, MultiCategoryBlock),
+        splitter=ColSplitter(),
+        get_x=lambda r: tmp_path / r["fname"],
+        get_y=lambda r: r["labels"].split(" "),
+        item_tfms=Resize(48),
+    )
     dls = dblock.dataloaders(df, bs=16, num_workers=0)
     learn = vision_learner(dls, "efficientnet_lite0", metrics=partial(accuracy_multi, thresh=0.5))
     preds, targs = learn.get_preds()
@@ -77,9 +83,15 @@ def _blob_dataset(root, n: int = 320, w: int = 48, h: int = 48, r: int = 6, seed
 def test_point_model_finds_the_blob(tmp_path):
     torch.manual_seed(0)
     items = _blob_dataset(tmp_path)
-    dblock = DataBlock(blocks=(ImageBlock, PointBlock), get_x=lambda o: o[0], get_y=lambda o: o[1],
-                       splitter=lambda its: ([i for i, o in enumerate(its) if not o[2]],
-                                             [i for i, o in enumerate(its) if o[2]]))
+    dblock = DataBlock(
+        blocks=(ImageBlock, PointBlock),
+        get_x=lambda o: o[0],
+        get_y=lambda o: o[1],
+        splitter=lambda its: (
+            [i for i, o in enumerate(its) if not o[2]],
+            [i for i, o in enumerate(its) if o[2]],
+        ),
+    )
     dls = dblock.dataloaders(items, bs=16, num_workers=0)
     learn = vision_learner(dls, "resnet18", pretrained=False, y_range=(-1, 1))
     preds, targs = learn.get_preds()
@@ -87,7 +99,9 @@ def test_point_model_finds_the_blob(tmp_path):
     learn.fit_one_cycle(10, 1e-2)
     preds, targs = learn.get_preds()
     err = pixel_error(preds, targs, (48, 48))
-    assert err < 0.5 * centre, f"pixel error {err:.1f} vs {centre:.1f} for always guessing the centre"
+    assert err < 0.5 * centre, (
+        f"pixel error {err:.1f} vs {centre:.1f} for always guessing the centre"
+    )
     pix, rel, _ = learn.predict(items[0][0])
     assert pix.shape == (1, 2) and 0 <= pix[0, 0] <= 48 and 0 <= pix[0, 1] <= 48
     assert torch.allclose(pix, (rel + 1) / 2 * 48)

@@ -175,7 +175,9 @@ class DataBlock:
                 bs=bs,
                 num_workers=kw.pop("num_workers", 0),
                 device=loaders[1].device,
-                after_batch=loaders[1].after_batch,  # what validation does now (Normalize added later too)
+                after_batch=loaders[
+                    1
+                ].after_batch,  # what validation does now (Normalize added later too)
                 kinds=test.kinds,
                 train=False,
                 **kw,
