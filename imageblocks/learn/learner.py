@@ -240,6 +240,8 @@ class Learner:
             for epoch in range(n_epoch):
                 self.epoch = epoch
                 t0 = time.perf_counter()
+                for cb in callbacks:
+                    cb.before_epoch(self)
                 self.model.train()
                 for i, b in enumerate(self.dls.train):
                     self.iter = i
@@ -250,6 +252,8 @@ class Learner:
                     self.recorder.add_batch(loss, float(lrs[step][-1]), mom)
                     for cb in callbacks:
                         cb.after_batch(self)
+                for cb in callbacks:
+                    cb.after_train(self)
                 valid = self._validate(self.dls.valid) if len(self.dls.valid.dataset) else [None]
                 self.epoch_time = time.perf_counter() - t0
                 self.recorder.add_epoch([self.recorder.smooth_loss, *valid])

@@ -1,0 +1,397 @@
+"""Side-by-side benchmark: fastai and imageblocks through the book's two chapter-6 recipes.
+
+Same machine, data (the demo datasets), backbone and weights (EfficientNet-Lite0, bundled
+ImageNet weights), image sizes, batch size, epochs and learning rates; each library runs in its
+own process (fastai in its own virtualenv, `make fastai-env`), one after the other. Measures
+loader throughput, fine_tune wall time and training throughput, final quality, single-image
+predict latency, batch inference throughput and peak memory. Writes
+`benchmarks/results/<machine>.json` and `.md`.
+
+    .venv/bin/python benchmarks/run.py            # full recipes (about 40 minutes on 2 CPU cores)
+    .venv/bin/python benchmarks/run.py --quick    # 512/256 items, 1+1 epochs: a regression check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+FASTAI_PY = ROOT.parent / ".venv-fastai" / "bin" / "python"
+QUICK_TRAIN, QUICK_VALID = 512, 256
+BIWI_FRAME = (640, 480)
+
+
+def log(*args: Any) -> None:
+    """Progress on stderr (stdout carries the JSON result)."""
+    print(*args, file=sys.stderr, flush=True)
+
+
+def loader_rate(dl: Any) -> float:
+    """Images per second through one pass over a loader."""
+    n, t0 = 0, time.perf_counter()
+    for b in dl:
+        n += len(b[0])
+    return n / (time.perf_counter() - t0)
+
+
+def multilabel_metrics(preds: Any, targs: Any) -> dict[str, float]:
+    """accuracy_multi at 0.2 and at the best of 29 thresholds, macro F1 at 0.5, mAP (sklearn)."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from imageblocks.learn.metrics import accuracy_multi
+
+    acc_02 = accuracy_multi(preds, targs, thresh=0.2, sigmoid=False).item()
+    xs = torch.linspace(0.05, 0.95, 29)
+    accs = [accuracy_multi(preds, targs, thresh=float(x), sigmoid=False).item() for x in xs]
+    best = int(np.argmax(accs))
+    y, p = targs.numpy().astype(int), preds.numpy()
+    f1 = f1_score(y, (p > 0.5).astype(int), average="macro", zero_division=0)
+    present = y.sum(0) > 0
+    m_ap = average_precision_score(y[:, present], p[:, present], average="macro")
+    return {
+        "acc_multi_0_2": round(acc_02, 5),
+        "best_thresh": round(float(xs[best]), 4),
+        "acc_multi_best": round(accs[best], 5),
+        "f1_macro": round(float(f1), 5),
+        "map": round(float(m_ap), 5),
+        "map_classes": int(present.sum()),
+    }
+
+
+def pixel_error(preds: Any, targs: Any) -> float:
+    """Mean distance in pixels of the 640x480 frame between points in [-1, 1]."""
+    import torch
+
+    size = torch.tensor(BIWI_FRAME, dtype=torch.float32)
+    p = (preds.reshape(-1, 2).float() + 1) / 2 * size
+    t = (targs.reshape(-1, 2).float() + 1) / 2 * size
+    return (p - t).norm(dim=1).mean().item()
+
+
+def peak_memory_mb(device: str) -> dict[str, float]:
+    """Peak resident memory of this process and its finished children (and CUDA)."""
+    import torch
+
+    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out = {
+        "rss_self": round(self_mb, 1),
+        "rss_children": round(kids_mb, 1),
+        "rss_total": round(self_mb + kids_mb, 1),
+    }
+    if device.startswith("cuda"):
+        out["cuda_max_allocated"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def timed_fine_tune(learn: Any, epochs: int, base_lr: float, freeze_epochs: int) -> dict[str, Any]:
+    """`fine_tune` with its wall time, training-only time and epoch rows."""
+    from imageblocks.learn.callbacks import Callback
+
+    class TrainTimer(Callback):
+        """Seconds spent in training passes (validation excluded) and the images they saw."""
+
+        def __init__(self) -> None:
+            self.seconds, self.images, self.rows, self.t0 = 0.0, 0, [], 0.0
+
+        def before_epoch(self, learn: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def after_batch(self, learn: Any) -> None:
+            self.images += learn.dls.train.bs
+
+        def after_train(self, learn: Any) -> None:
+            self.seconds += time.perf_counter() - self.t0
+
+        def after_epoch(self, learn: Any) -> None:
+            self.rows.append(
+                [round(v, 5) if v is not None else None for v in learn.recorder.values[-1]]
+            )
+
+    tt = TrainTimer()
+    learn.cbs.append(tt)
+    t0 = time.perf_counter()
+    learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs)
+    total = time.perf_counter() - t0
+    learn.cbs.remove(tt)
+    return {
+        "fine_tune_s": round(total, 2),
+        "train_img_s": round(tt.images / total, 2),
+        "history": tt.rows,
+    }
+
+
+def measure_inference(learn: Any, files: list, n_predict: int) -> dict[str, float]:
+    """Median `learn.predict(path)` latency after 3 warm-ups; `get_preds` images/s on `files`."""
+    times = []
+    for i in range(3 + n_predict):
+        t0 = time.perf_counter()
+        learn.predict(files[i % len(files)])
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    dl = learn.dls.test_dl(files)
+    t0 = time.perf_counter()
+    preds, _ = learn.get_preds(dl=dl)
+    return {
+        "latency_ms_median": round(statistics.median(times) * 1000, 2),
+        "n_calls": n_predict,
+        "batch_img_s": round(len(preds) / (time.perf_counter() - t0), 2),
+        "batch_images": len(preds),
+    }
+
+
+def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Run both recipes with imageblocks; the same measurements as fastai_run.py."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    import imageblocks
+    from imageblocks.data.sources import get_image_files
+    from imageblocks.demo_recipes import multilabel_block, points_block
+    from imageblocks.learn.learner import vision_learner
+    from imageblocks.learn.metrics import accuracy_multi
+
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    result: dict[str, Any] = {
+        "library": "imageblocks",
+        "version": imageblocks.__version__,
+        "torch": torch.__version__,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "workers": args.workers,
+        "arch": "efficientnet_lite0",
+        "quick": args.quick,
+        "precision": args.precision,
+        "loader": {},
+    }
+    opts = {"precision": args.precision, "channels_last": args.channels_last}
+    pascal, biwi = Path(args.pascal), Path(args.biwi)
+
+    log("== multi-label")
+    df = pd.read_csv(pascal / "train.csv")
+    if args.quick:
+        train, valid = df[~df["is_valid"]].head(QUICK_TRAIN), df[df["is_valid"]].head(QUICK_VALID)
+        df = pd.concat([train, valid]).sort_index().reset_index(drop=True)
+    dls = multilabel_block(pascal).dataloaders(
+        df, bs=64, num_workers=args.workers, device=args.device
+    )
+    result["loader"]["multilabel_train_img_s"] = round(loader_rate(dls.train), 2)
+    result["loader"]["multilabel_valid_img_s"] = round(loader_rate(dls.valid), 2)
+    learn = vision_learner(
+        dls, "efficientnet_lite0", metrics=partial(accuracy_multi, thresh=0.2), **opts
+    )
+    freeze_epochs, epochs = (1, 1) if args.quick else (4, 3)
+    out: dict[str, Any] = {
+        "n_train": len(dls.train.dataset),
+        "n_valid": len(dls.valid.dataset),
+        "epochs": {"freeze_epochs": freeze_epochs, "epochs": epochs},
+    }
+    out.update(timed_fine_tune(learn, epochs, 3e-3, freeze_epochs))
+    preds, targs = learn.get_preds()
+    out.update(multilabel_metrics(preds.cpu(), targs.cpu()))
+    result["multilabel"] = out
+    log("multilabel", {k: v for k, v in out.items() if k != "history"})
+    files = [pascal / "train" / f for f in df[df["is_valid"]]["fname"]]
+    result["predict"] = measure_inference(learn, files, 10 if args.quick else 20)
+    log("predict", result["predict"])
+
+    log("== key points")
+    block = points_block(biwi)
+    if args.quick:
+
+        def get_items(path: Path) -> list:
+            files = sorted(get_image_files(path))
+            valid = [f for f in files if f.parent.name == "13"][:QUICK_VALID]
+            return [f for f in files if f.parent.name != "13"][:QUICK_TRAIN] + valid
+
+        block.get_items = get_items
+    dls = block.dataloaders(biwi, bs=64, num_workers=args.workers, device=args.device)
+    result["loader"]["points_train_img_s"] = round(loader_rate(dls.train), 2)
+    result["loader"]["points_valid_img_s"] = round(loader_rate(dls.valid), 2)
+    learn = vision_learner(dls, "efficientnet_lite0", y_range=(-1, 1), **opts)
+    t0 = time.perf_counter()
+    suggestion = learn.lr_find(num_it=20 if args.quick else 100, show_plot=False)
+    out = {
+        "n_train": len(dls.train.dataset),
+        "n_valid": len(dls.valid.dataset),
+        "lr_find_s": round(time.perf_counter() - t0, 2),
+        "lr_valley": float(f"{suggestion.valley:.3g}"),
+    }
+    freeze_epochs, epochs = 1, (1 if args.quick else 3)
+    out["epochs"] = {"freeze_epochs": freeze_epochs, "epochs": epochs}
+    out.update(timed_fine_tune(learn, epochs, 1e-2, freeze_epochs))
+    out["valid_mse"] = round(float(learn.validate()[0]), 6)
+    preds, targs = learn.get_preds()
+    out["pixel_error"] = round(pixel_error(preds.cpu(), targs.cpu()), 3)
+    result["points"] = out
+    log("points", {k: v for k, v in out.items() if k != "history"})
+    result["memory_mb"] = peak_memory_mb(args.device)
+    return result
+
+
+def machine_name(device: str) -> str:
+    """cpu<threads>-<model>, or the GPU's name."""
+    if device.startswith("cuda"):
+        import torch
+
+        return "gpu-" + torch.cuda.get_device_name()
+    cpu = platform.machine()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    return f"cpu{len(os.sched_getaffinity(0))}-{cpu}"
+
+
+ROWS = [
+    ("loader", "multilabel_train_img_s", "loader, PASCAL recipe, train epoch (img/s)", "higher"),
+    ("loader", "multilabel_valid_img_s", "loader, PASCAL recipe, valid epoch (img/s)", "higher"),
+    ("loader", "points_train_img_s", "loader, BIWI recipe, train epoch (img/s)", "higher"),
+    ("loader", "points_valid_img_s", "loader, BIWI recipe, valid epoch (img/s)", "higher"),
+    ("multilabel", "fine_tune_s", "PASCAL fine_tune(3, freeze_epochs=4) wall time (s)", "lower"),
+    ("multilabel", "train_img_s", "PASCAL training throughput (img/s)", "higher"),
+    ("multilabel", "acc_multi_0_2", "PASCAL accuracy_multi at 0.2", "higher"),
+    ("multilabel", "acc_multi_best", "PASCAL accuracy_multi at the best threshold", "higher"),
+    ("multilabel", "f1_macro", "PASCAL macro F1 at 0.5", "higher"),
+    ("multilabel", "map", "PASCAL mAP", "higher"),
+    ("points", "lr_find_s", "BIWI lr_find wall time (s)", "lower"),
+    ("points", "fine_tune_s", "BIWI fine_tune(3, 1e-2) wall time (s)", "lower"),
+    ("points", "train_img_s", "BIWI training throughput (img/s)", "higher"),
+    ("points", "valid_mse", "BIWI validation MSE", "lower"),
+    ("points", "pixel_error", "BIWI mean error (pixels of 640x480)", "lower"),
+    ("predict", "latency_ms_median", "predict() latency, one image (ms)", "lower"),
+    ("predict", "batch_img_s", "batch inference (img/s)", "higher"),
+    ("memory_mb", "rss_total", "peak RSS, process + workers (MB)", "lower"),
+]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The comparison as a Markdown table: imageblocks / fastai ratio per row."""
+    ours, theirs = result["imageblocks"], result["fastai"]
+    lines = [
+        f"{result['machine']}, {result['mode']} run, {result['date']}, command: `{result['command']}`",
+        "",
+        "| measure | imageblocks | fastai | ratio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for section, key, label, better in ROWS:
+        a, b = ours.get(section, {}).get(key), theirs.get(section, {}).get(key)
+        if a is None or b is None:
+            continue
+        ratio = f"{a / b:.2f}x" if b else "n/a"
+        lines.append(f"| {label} | {a} | {b} | {ratio} ({better} is better) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="512/256 items per recipe, 1+1 epochs")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--precision", default=None, choices=[None, "bf16", "fp16"])
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--side", choices=["imageblocks", "fastai", "both"], default="both")
+    ap.add_argument("--pascal")
+    ap.add_argument("--biwi")
+    ap.add_argument("--out", help="write this side's JSON here (with --side)")
+    args = ap.parse_args()
+    if args.side == "imageblocks" and args.out:
+        res = imageblocks_side(args)
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        return
+    from imageblocks.data.sources import URLs, untar_data
+
+    pascal, biwi = untar_data(URLs.DEMO_MULTILABEL), untar_data(URLs.DEMO_POINTS)
+    work = ROOT / ".work"
+    work.mkdir(exist_ok=True)
+    common = [
+        "--pascal",
+        str(pascal),
+        "--biwi",
+        str(biwi),
+        "--device",
+        args.device,
+        "--workers",
+        str(args.workers),
+    ] + (["--quick"] if args.quick else [])
+    results: dict[str, Any] = {}
+    for side in ("imageblocks", "fastai") if args.side == "both" else (args.side,):
+        out = work / f"{side}.json"
+        if side == "imageblocks":
+            extra = (["--precision", args.precision] if args.precision else []) + (
+                ["--channels-last"] if args.channels_last else []
+            )
+            cmd = [
+                sys.executable,
+                __file__,
+                "--side",
+                "imageblocks",
+                "--out",
+                str(out),
+                *common,
+                *extra,
+            ]
+        else:
+            if not FASTAI_PY.exists():
+                sys.exit(
+                    f"fastai's environment is missing: run `make fastai-env` first ({FASTAI_PY})"
+                )
+            cmd = [
+                str(FASTAI_PY),
+                str(ROOT / "fastai_run.py"),
+                "--arch",
+                "tf_efficientnet_lite0",
+                "--out",
+                str(out),
+                *common,
+            ]
+        log(f"== {side}: {' '.join(cmd)}")
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        results[side] = json.loads(out.read_text())
+        results[side]["total_s"] = round(time.perf_counter() - t0, 1)
+    if args.side != "both":
+        print(json.dumps(results, indent=2))
+        return
+    name = machine_name(args.device)
+    result = {
+        "machine": name,
+        "mode": "quick" if args.quick else "full",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+        **results,
+    }
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60] + (
+        "-quick" if args.quick else ""
+    )
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / f"{slug}.json").write_text(json.dumps(result, indent=2))
+    md = markdown(result)
+    (ROOT / "results" / f"{slug}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
