@@ -103,13 +103,13 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
         fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         img = Image.open(fp)
         full_w, full_h = img.size
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if img.format == "JPEG" else 1
-        if orientation in _SWAPS_AXES:
-            full_w, full_h = full_h, full_w
-        if draft is not None and img.format == "JPEG":
+        if draft is not None and img.format == "JPEG":  # a JPEG's EXIF is in its header: cheap
             w, h = draft
-            img.draft(img.mode, (h, w) if orientation in _SWAPS_AXES else (w, h))
+            turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES
+            img.draft(img.mode, (h, w) if turned else (w, h))
         img.load()
+        if img.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES:  # any format, once decoded
+            full_w, full_h = full_h, full_w
     except FileNotFoundError:
         raise ItemError(
             f"Image file not found: {name}. Check the path your get_x/get_items returns "
@@ -127,12 +127,3 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
         ) from None
     img = ImageOps.exif_transpose(img) or img
     return to_rgb(img), (full_w, full_h)
-
-
-def image_size(source: Any) -> tuple[int, int]:
-    """(width, height) after EXIF rotation, read from the header without decoding pixels."""
-    with Image.open(source) as img:
-        w, h = img.size
-        if img.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES:
-            w, h = h, w
-    return w, h
