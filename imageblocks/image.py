@@ -17,6 +17,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imageblocks.errors import ItemError
 
+try:  # libjpeg-turbo without Pillow's Python-level header parsing: the fast path for plain JPEGs
+    import simplejpeg
+except (
+    ImportError
+):  # pragma: no cover - simplejpeg is a dependency; Pillow still decodes everything
+    simplejpeg = None
+
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 or 270 degrees
 
@@ -78,6 +85,22 @@ def open_image(source: Any, draft: tuple[int, int] | None = None) -> Image.Image
     return decode_image(source, draft)[0]
 
 
+def _decode_plain_jpeg(data: bytes, draft: tuple[int, int] | None) -> tuple | None:
+    """libjpeg-turbo through simplejpeg for a JPEG without EXIF in RGB/YCbCr/gray: no Python
+    header parsing, DCT scaling to at least `draft`. None when the general path is needed."""
+    if simplejpeg is None or data[:2] != b"\xff\xd8" or b"Exif\x00" in data[:65536]:
+        return None
+    try:
+        h, w, _, colorspace = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray", "RGB"):
+            return None
+        dw, dh = draft if draft is not None else (None, None)
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=dw, min_height=dh)
+    except ValueError:
+        return None  # let Pillow decode it, or explain why it cannot
+    return Image.fromarray(arr), (w, h)
+
+
 def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Image.Image, tuple]:
     """`open_image`, plus the (width, height) the image has at full size (before any draft)."""
     if isinstance(source, Image.Image):
@@ -99,6 +122,19 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
         img = to_rgb(Image.fromarray(arr))
         return img, img.size
     name = _describe(source)
+    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith((".jpg", ".jpeg")):
+        try:
+            with open(source, "rb") as f:
+                source = f.read()
+        except FileNotFoundError:
+            raise ItemError(
+                f"Image file not found: {name}. Check the path your get_x/get_items returns "
+                "(a missing folder prefix is the usual cause), or remove the row."
+            ) from None
+    if isinstance(source, (bytes, bytearray)):
+        fast = _decode_plain_jpeg(source, draft)
+        if fast is not None:
+            return fast
     try:
         fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         img = Image.open(fp)
@@ -108,7 +144,8 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
             turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES
             img.draft(img.mode, (h, w) if turned else (w, h))
         img.load()
-        if img.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES:  # any format, once decoded
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)  # any format, once decoded
+        if orientation in _SWAPS_AXES:
             full_w, full_h = full_h, full_w
     except FileNotFoundError:
         raise ItemError(
@@ -125,5 +162,6 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
             f"Could not decode image {name}: {e}. The file is truncated or corrupt; "
             "re-export it or remove it from the dataset."
         ) from None
-    img = ImageOps.exif_transpose(img) or img
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img) or img
     return to_rgb(img), (full_w, full_h)

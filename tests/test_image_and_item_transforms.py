@@ -148,3 +148,17 @@ def test_resize_pad_keeps_the_whole_image():
     )
     arr = np.asarray(out)
     assert out.size == (100, 100) and arr[0, 50].sum() == 0 and arr[50, 50].sum() == 765
+
+
+def test_fast_jpeg_path_matches_pillow_decoding(tmp_path):
+    """Plain JPEGs take the libjpeg-turbo path (simplejpeg); the result matches Pillow's."""
+    rng = np.random.default_rng(0)
+    arr = (rng.random((375, 500, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.jpg", quality=90)
+    fast, full = decode_image(tmp_path / "a.jpg", draft=(128, 128))
+    ref = Image.open(tmp_path / "a.jpg")
+    ref.draft("RGB", (128, 128))
+    ref.load()
+    assert full == (500, 375) and fast.size == ref.size == (250, 188)
+    diff = np.abs(np.asarray(fast, np.int16) - np.asarray(ref.convert("RGB"), np.int16))
+    assert diff.mean() < 2.0

@@ -60,6 +60,19 @@ def _collate_error(samples: Sequence[Any], k: int | None) -> CollateError:
     return CollateError(f"Cannot collate {what} into a batch: shapes {shown} (C, H, W). {fix}")
 
 
+def _stack_images(samples: Sequence[np.ndarray]) -> torch.Tensor:
+    """HWC uint8 images -> one (B, C, H, W) tensor, written once; in a worker process straight
+    into shared memory, so handing the batch to the main process copies nothing."""
+    h, w, c = samples[0].shape
+    out = torch.empty((len(samples), c, h, w), dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        out.share_memory_()
+    dest = out.numpy()
+    for i, arr in enumerate(samples):
+        dest[i] = arr.transpose(2, 0, 1)
+    return out
+
+
 def collate(samples: Sequence[Any], _k: int | None = None) -> Any:
     """Stack samples into a batch: HWC uint8 images -> (B, 3, H, W), tensors stacked, numbers to
     tensors, strings to tuples; tuples element-wise."""
@@ -74,10 +87,9 @@ def collate(samples: Sequence[Any], _k: int | None = None) -> Any:
     if isinstance(first, np.ndarray):
         if any(s.shape != first.shape for s in samples):
             raise _collate_error(samples, _k)
-        out = torch.from_numpy(np.stack(samples))
         if first.dtype == np.uint8 and first.ndim == 3 and first.shape[-1] in (1, 3, 4):
-            out = out.permute(0, 3, 1, 2).contiguous()
-        return out
+            return _stack_images(samples)
+        return torch.from_numpy(np.stack(samples))
     if isinstance(first, torch.Tensor):
         if any(s.shape != first.shape for s in samples):
             raise _collate_error(samples, _k)
