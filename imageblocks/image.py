@@ -91,10 +91,10 @@ def _decode_plain_jpeg(data: bytes, draft: tuple[int, int] | None) -> tuple | No
     if simplejpeg is None or data[:2] != b"\xff\xd8" or b"Exif\x00" in data[:65536]:
         return None
     try:
-        h, w, _, colorspace = simplejpeg.decode_jpeg_header(data)
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if colorspace not in ("YCbCr", "Gray", "RGB"):
             return None
-        dw, dh = draft if draft is not None else (None, None)
+        dw, dh = draft if draft is not None else (0, 0)
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=dw, min_height=dh)
     except ValueError:
         return None  # let Pillow decode it, or explain why it cannot
