@@ -60,7 +60,8 @@ def test_empty_datablock_splits_80_20_and_returns_rows(voc):
 
 
 def test_book_split_sizes_on_real_voc_labels():
-    df = pd.read_csv(Path(__file__).parent / "data" / "voc2007_train.csv")  # the real VOC 2007 split
+    # the real VOC 2007 label list and split
+    df = pd.read_csv(Path(__file__).parent / "data" / "voc2007_train.csv")
     dsets = DataBlock().datasets(df)
     assert (len(dsets.train), len(dsets.valid)) == (4009, 1002)
     dsets = DataBlock(splitter=_splitter, get_y=lambda r: r["labels"]).datasets(df)
