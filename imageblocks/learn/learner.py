@@ -486,6 +486,18 @@ class Learner:
 
         return export_learner(self, path)
 
+    def export_onnx(self, path: Any = "model.onnx", **kwargs: Any) -> Any:
+        """The model as ONNX (dynamic batch axis) plus its config.json."""
+        from imageblocks.learn.onnx_export import export_onnx
+
+        return export_onnx(self, path, **kwargs)
+
+    def tune_thresholds(self, **kwargs: Any) -> Any:
+        """Pick global and per-class thresholds on the validation set; stored for predict/export."""
+        from imageblocks.learn.thresholds import tune_thresholds
+
+        return tune_thresholds(self, **kwargs)
+
     # --- weights ---------------------------------------------------------------------------
     def save(self, file: Any) -> Any:
         """Save the model weights (safetensors)."""

@@ -1,0 +1,171 @@
+"""ONNX export: the model alone (normalised images in, raw outputs out) plus `config.json`.
+
+The graph takes a float32 batch `(B, 3, H, W)` of RGB images scaled to [0, 1], resized as the
+validation transforms do and normalised with the config's mean and std; `B` is dynamic. It
+returns the raw model outputs: logits for classifiers (apply a sigmoid for multi-label), values
+for points (already in [-1, 1] when the model has a `y_range`). The `onnx` section of
+`config.json` spells this out for a consumer that does not use imageblocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imageblocks.learn.export import CONFIG_NAME, ExportError, learner_config
+from imageblocks.transforms.batch import AffineWarp, Normalize
+
+__all__ = ["ONNX_NAME", "export_onnx", "input_size", "onnx_config"]
+
+ONNX_NAME = "model.onnx"
+INPUT_NAME, OUTPUT_NAME = "image", "output"
+_ACTIVATIONS = {
+    "multilabel": "sigmoid",
+    "category": "softmax",
+    "points": "none",
+    "regression": "none",
+}
+
+
+def input_size(learn: Any) -> tuple[int, int] | None:
+    """The (height, width) of the images the model sees at validation, if fixed."""
+    size = None
+    for t in learn.dls.block_info.get("item_tfms", []):
+        if getattr(t, "size", None) is not None:
+            size = tuple(t.size)
+    for t in learn.dls.valid.after_batch:
+        if isinstance(t, AffineWarp) and t.size is not None:
+            size = tuple(t.size)
+    return (int(size[0]), int(size[1])) if size is not None else None
+
+
+def _normalisation(learn: Any, n_in: int) -> tuple[list[float], list[float]]:
+    for t in learn.dls.valid.after_batch:
+        if isinstance(t, Normalize):
+            return list(t.mean), list(t.std)
+    return [0.0] * n_in, [1.0] * n_in
+
+
+def onnx_config(
+    learn: Any, size: tuple[int, int], opset: int, file_name: str = ONNX_NAME
+) -> dict[str, Any]:
+    """The `onnx` section of config.json: the graph's input, output and preprocessing."""
+    config = learner_config(learn)
+    n_in = int(config["model"].get("n_in", 3))
+    n_out = int(config["model"].get("n_out") or 0)
+    mean, std = _normalisation(learn, n_in)
+    task = config["task"]
+    return {
+        "file": file_name,
+        "opset": opset,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", n_in, size[0], size[1]],
+            "dtype": "float32",
+            "preprocess": (
+                "RGB scaled to [0, 1], the validation item_tfms/batch_tfms of this config "
+                "(resize to height x width), then (x - mean) / std per channel"
+            ),
+            "mean": mean,
+            "std": std,
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", n_out],
+            "activation": _ACTIVATIONS.get(task, "none"),
+            "meaning": (
+                "one logit per class of 'vocab'"
+                if task in ("multilabel", "category")
+                else "x, y of each point in [-1, 1] of the image region the transforms keep"
+                if task == "points"
+                else "the regression values"
+            ),
+        },
+    }
+
+
+def _check_same_model(config_file: Path, config: dict[str, Any]) -> None:
+    """Refuse to overwrite the config.json of a different model in the target folder."""
+    if not config_file.exists():
+        return
+    try:
+        old = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        old = None
+    keys = ("task", "model", "vocab")
+    if not isinstance(old, dict) or any(old.get(k) != config[k] for k in keys):
+        raise ExportError(
+            f"{config_file} describes another model: export the ONNX file into an empty folder "
+            "or into this model's own export folder"
+        )
+
+
+def _onnx_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return path
+    return path / ONNX_NAME
+
+
+def export_onnx(
+    learn: Any,
+    path: str | os.PathLike,
+    opset: int = 17,
+    size: tuple[int, int] | None = None,
+    check: bool = True,
+) -> Path:
+    """Write the model as ONNX (`path`: a `.onnx` file, or a folder for `model.onnx`) and
+    `config.json` beside it; returns the ONNX file's path.
+
+    `size` (height, width) is read from the validation transforms unless given."""
+    size = size or input_size(learn)
+    if size is None:
+        raise ExportError(
+            "the model's input size is not fixed by the transforms (no Resize/RandomResizedCrop "
+            "or batch resize): pass size=(height, width)"
+        )
+    file = _onnx_file(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    config = learner_config(learn)
+    _check_same_model(file.parent / CONFIG_NAME, config)
+    config["onnx"] = onnx_config(learn, size, opset, file.name)
+    n_in = config["onnx"]["input"]["shape"][1]
+
+    model = copy.deepcopy(learn.model).float().cpu().eval()
+    model = model.to(memory_format=torch.contiguous_format)
+    dummy = torch.rand(2, n_in, *size)
+    tmp = file.with_name(file.name + ".tmp")
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deprecated in favour of the dynamo one, which needs
+        # onnxscript; it is the one that works with the packages imageblocks depends on
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    if check:
+        try:
+            import onnx
+        except ImportError:
+            onnx = None  # checking is optional; `pip install imageblocks[onnx]` adds it
+        if onnx is not None:
+            onnx.checker.check_model(str(tmp))
+    os.replace(tmp, file)
+    config_file = file.parent / CONFIG_NAME
+    tmp_c = config_file.with_name(CONFIG_NAME + ".tmp")
+    tmp_c.write_text(json.dumps(config, indent=2))
+    os.replace(tmp_c, config_file)
+    return file
