@@ -160,3 +160,12 @@ def test_fast_jpeg_path_matches_pillow_decoding(tmp_path):
     ref = Image.open(tmp_path / "a.jpg").convert("RGB").resize(fast.size, Image.BOX)
     diff = np.abs(np.asarray(fast, np.int16) - np.asarray(ref, np.int16))
     assert diff.mean() < 3.0  # the same picture, scaled in the DCT domain instead
+
+
+def test_crop_resize_of_a_dct_scaled_jpeg_stays_inside_the_image(tmp_path):
+    """125x94 (a 500x375 JPEG at 1/4 scale) centre-cropped to 48: no negative box edge."""
+    img = Image.new("RGB", (125, 94), (10, 20, 30))
+    out, _ = Resize(48)(img, None, False)
+    assert out.size == (48, 48)
+    out, _ = RandomResizedCrop(48)(img, None, False)
+    assert out.size == (48, 48)

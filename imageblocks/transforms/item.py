@@ -65,6 +65,12 @@ def _pad_array(
     return np.pad(arr, pads, mode=np_mode)
 
 
+def _inside(box: Box, w: int, h: int) -> Box:
+    """`box` clamped to the image (float rounding can put an edge at -1e-15, which PIL rejects)."""
+    x0, y0, x1, y1 = box
+    return (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
+
+
 class ItemTransform:
     """Base class: a callable on `(image, points, train)`; `size` is its output (h, w)."""
 
@@ -114,7 +120,7 @@ class Resize(ItemTransform):
         scale = max(out_w / w, out_h / h)
         cw, ch = out_w / scale, out_h / scale
         x0, y0 = (w - cw) * fx, (h - ch) * fy
-        return (x0, y0, x0 + cw, y0 + ch)
+        return _inside((x0, y0, x0 + cw, y0 + ch), w, h)
 
     def _pad_geometry(self, w: int, h: int) -> tuple[int, int, int, int, Box]:
         out_h, out_w = self.size
@@ -202,7 +208,7 @@ class RandomResizedCrop(ItemTransform):
 
     def __call__(self, img, points, train):
         w, h = img.size
-        box = self._train_box(w, h) if train else self.valid_box(w, h)
+        box = _inside(self._train_box(w, h) if train else self.valid_box(w, h), w, h)
         out_h, out_w = self.size
         return img.resize((out_w, out_h), self.resample, box=box), move_points(points, (w, h), box)
 
