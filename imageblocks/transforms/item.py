@@ -144,22 +144,13 @@ class Resize(ItemTransform):
             box = (0.0, 0.0, float(w), float(h))
             return img.resize((out_w, out_h), self.resample), move_points(points, (w, h), box)
         if self.method == "crop":
-            scale = max(out_w / w, out_h / h)
-            cw, ch = out_w / scale, out_h / scale
             fx, fy = (random.random(), random.random()) if train else (0.5, 0.5)
-            x0, y0 = (w - cw) * fx, (h - ch) * fy
-            box = (x0, y0, x0 + cw, y0 + ch)
-            return img.resize((out_w, out_h), self.resample, box=box), move_points(
-                points, (w, h), box
-            )
-        scale = min(out_w / w, out_h / h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        left, top = (out_w - nw) // 2, (out_h - nh) // 2
+            box = self._crop_box(w, h, fx, fy)
+            resized = img.resize((out_w, out_h), self.resample, box=box)
+            return resized, move_points(points, (w, h), box)
+        nw, nh, left, top, box = self._pad_geometry(w, h)
         arr = np.asarray(img.resize((nw, nh), self.resample))
         arr = _pad_array(arr, top, out_h - nh - top, left, out_w - nw - left, self.pad_mode)
-        # the padded output shows this (virtual) region of the source image
-        sx, sy = w / nw, h / nh
-        box = (-left * sx, -top * sy, (out_w - left) * sx, (out_h - top) * sy)
         return Image.fromarray(arr), move_points(points, (w, h), box)
 
 
