@@ -27,6 +27,7 @@ import json
 import os
 import random
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -396,6 +397,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["efficientnet_lite0", "tf_efficientnet_lite0"],
         help="timm body for the bundled weights (tf_*: TF 'same' padding, (0.5, 0.5, 0.5) stats)",
     )
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["multilabel", "points"],
+        choices=["multilabel", "points"],
+        help="run only these recipes (multilabel includes the predict measurements)",
+    )
     p.add_argument("--out", required=True, help="where to write the JSON result")
     return p.parse_args(argv)
 
@@ -418,6 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": args.workers,
         "arch": args.arch,
         "quick": args.quick,
+        "recipes": args.recipes,
         "multilabel": {},
         "points": {},
         "loader": {},
@@ -425,10 +434,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     t0 = time.perf_counter()
     stdout = sys.stdout
+
+    def stopped(signum: int, _frame: Any) -> None:
+        """On SIGTERM/SIGINT: say so, keep what was measured (`complete: false`), exit."""
+        name = signal.Signals(signum).name
+        log(
+            f"stopped by {name} after {time.perf_counter() - t0:.0f} s; partial result in {args.out}"
+        )
+        save({**result, "stopped_by": name}, args.out, complete=False)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, stopped)
     with contextlib.redirect_stdout(sys.stderr):  # fastai prints epoch rows and warnings
-        run_multilabel(args, result)
-        save(result, args.out, complete=False)  # a long run killed midway keeps this much
-        run_points(args, result)
+        if "multilabel" in args.recipes:
+            run_multilabel(args, result)
+            save(result, args.out, complete=False)  # a long run killed midway keeps this much
+        if "points" in args.recipes:
+            run_points(args, result)
     result["memory_mb"] = peak_memory_mb(args.device)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     line = save(result, args.out, complete=True)
