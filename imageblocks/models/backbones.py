@@ -419,6 +419,16 @@ class VisionModel(nn.Sequential):
         self.mean, self.std = tuple(mean), tuple(std)
         self.config = dict(config or {})  # create_vision_model's arguments, to rebuild it
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Body (in the autocast dtype when mixed precision is on), then the head in float32."""
+        features = self[0](x)
+        device = features.device.type
+        if torch.is_autocast_enabled(device):
+            # a bfloat16 head would round regression outputs to ~3 significant digits
+            with torch.autocast(device, enabled=False):
+                return self[1](features.float())
+        return self[1](features)
+
     def __getitem__(self, idx: int | slice) -> nn.Module:
         if isinstance(idx, slice):  # nn.Sequential would call our __init__ with the wrong args
             return nn.Sequential(*list(self)[idx])
