@@ -75,6 +75,7 @@ from imageblocks.models.backbones import (
 )
 from imageblocks.models.head import SigmoidRange, create_head, sigmoid_range
 from imageblocks.paths import Path
+from imageblocks.seeding import set_seed
 from imageblocks.show import plot_function, show_batch, show_results
 from imageblocks.tensors import tensor, to_cpu, to_device
 from imageblocks.transforms.batch import (

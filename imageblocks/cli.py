@@ -35,6 +35,7 @@ DEMO_ARCH = "efficientnet_lite0"
 # (measured on 2 cores: 120x160 with fine_tune(1) barely beat always guessing the centre).
 DEMO_VALID_IMAGES = 500
 DEMO_POINTS_SIZE = (60, 80)
+CHECKPOINT = "checkpoint.pt"
 
 
 @app.callback()
@@ -51,9 +52,17 @@ class CliError(Exception):
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from imageblocks.errors import CollateError
+    from imageblocks.learn.checkpoint import CheckpointError
     from imageblocks.models.backbones import WeightsUnavailableError
 
-    return (CliError, ValueError, FileNotFoundError, CollateError, WeightsUnavailableError)
+    return (
+        CliError,
+        ValueError,
+        FileNotFoundError,
+        CollateError,
+        WeightsUnavailableError,
+        CheckpointError,
+    )
 
 
 def _one_line(e: BaseException) -> str:
@@ -119,14 +128,9 @@ def _use_agg() -> None:
 
 
 def _seed(seed: int) -> None:
-    import random
+    from imageblocks.seeding import set_seed
 
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    set_seed(seed)
 
 
 def _r(x: Any, digits: int = 6) -> float:
@@ -293,22 +297,51 @@ def fit_and_export(
     freeze_epochs: int,
     lr: float | None,
     tune: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """lr_find (when `lr` is None), fine_tune, threshold tuning, export, metrics.json, plots."""
+    """lr_find (when `lr` is None), fine_tune, threshold tuning, export, metrics.json, plots.
+
+    Every epoch is checkpointed to `out/checkpoint.pt` (removed once the model is exported);
+    `resume` continues a killed run from it, with the learning rate that run used."""
     from imageblocks.learn.thresholds import tune_thresholds
 
     out.mkdir(parents=True, exist_ok=True)
     task = _task(learn)
+    checkpoint, run_file = out / CHECKPOINT, out / ".run.json"
+    if resume:
+        if not checkpoint.is_file():
+            raise CliError(
+                f"--resume: no checkpoint in {out} (a run writes {CHECKPOINT} after each epoch): "
+                "run without --resume to start afresh"
+            )
+        if lr is None and run_file.is_file():
+            lr = json.loads(run_file.read_text())["lr"]
+            typer.echo(f"resuming from {checkpoint} with the killed run's learning rate {lr:.2e}")
     if lr is None:
         suggestion = learn.lr_find(show_plot=True)
         lr = float(suggestion.valley)
         typer.echo(f"lr_find: valley {lr:.2e} (used as the learning rate)")
         _save(learn.lr_find_figure, out / "lr_find.png")
+    run_file.write_text(json.dumps({"lr": lr}))
     history = _history_callback()
     learn.cbs.append(history)
     t0 = time.perf_counter()
     try:
-        learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs)
+        learn.fine_tune(
+            epochs,
+            base_lr=lr,
+            freeze_epochs=freeze_epochs,
+            checkpoint=checkpoint,
+            resume=checkpoint if resume else None,
+        )
+    except KeyboardInterrupt:
+        if checkpoint.is_file():
+            typer.echo(
+                f"interrupted: {checkpoint} holds the last completed epoch; run the same "
+                "command with --resume to continue",
+                err=True,
+            )
+        raise
     finally:
         learn.cbs.remove(history)
     train_s = time.perf_counter() - t0
@@ -348,6 +381,8 @@ def fit_and_export(
         }
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    checkpoint.unlink(missing_ok=True)
+    run_file.unlink(missing_ok=True)
     return metrics
 
 
@@ -409,6 +444,9 @@ WorkersOpt = typer.Option(None, help="Loader worker processes (default: one per 
 DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: the best available).")
 SeedOpt = typer.Option(42, help="Random seed (split, initialisation, augmentation).")
 OutOpt = typer.Option(..., "--out", help="Folder for the exported model, metrics.json and plots.")
+ResumeOpt = typer.Option(
+    False, "--resume", help="Continue a killed run from OUT/checkpoint.pt (same arguments)."
+)
 PresetOpt = typer.Option(
     None, help="'biwi': a biwi_head_pose-style folder in --images (the book's get_ctr), no CSV."
 )
@@ -441,6 +479,7 @@ def train_multilabel(
     workers: int | None = WorkersOpt,
     device: str | None = DeviceOpt,
     seed: int = SeedOpt,
+    resume: bool = ResumeOpt,
 ) -> None:
     """Multi-label classification (PASCAL-style CSV): fine_tune, tune thresholds, export."""
     with _user_errors():
@@ -456,7 +495,9 @@ def train_multilabel(
         )  # fmt: skip
         typer.echo(f"data: {_describe_data(dls)}")
         learn = _learner(dls, arch, pretrained, "multilabel")
-        metrics = fit_and_export(learn, out, epochs, freeze_epochs, lr, tune=tune_thresholds)
+        metrics = fit_and_export(
+            learn, out, epochs, freeze_epochs, lr, tune=tune_thresholds, resume=resume
+        )
         _print_summary(metrics, out)
         typer.echo(f"next: imageblocks predict {out} IMAGE...   |   imageblocks serve {out}")
 
@@ -518,6 +559,7 @@ def train_points(
     workers: int | None = WorkersOpt,
     device: str | None = DeviceOpt,
     seed: int = SeedOpt,
+    resume: bool = ResumeOpt,
 ) -> None:
     """Key points (image regression): from a CSV of pixel coordinates, or --preset biwi."""
     with _user_errors():
@@ -530,7 +572,7 @@ def train_points(
         )  # fmt: skip
         typer.echo(f"data: {_describe_data(dls)}")
         learn = _learner(dls, arch, pretrained, "points")
-        metrics = fit_and_export(learn, out, epochs, freeze_epochs, lr)
+        metrics = fit_and_export(learn, out, epochs, freeze_epochs, lr, resume=resume)
         _print_summary(metrics, out)
         typer.echo(f"next: imageblocks predict {out} IMAGE...   |   imageblocks serve {out}")
 

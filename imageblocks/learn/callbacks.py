@@ -51,6 +51,24 @@ class Recorder(Callback):
         self.moms.append(mom if mom is not None else float("nan"))
         return smooth
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the recorder (plain lists and numbers)."""
+        return {
+            "lrs": list(self.lrs),
+            "moms": list(self.moms),
+            "losses": list(self.losses),
+            "values": [list(row) for row in self.values],
+            "iters": list(self.iters),
+            "smooth": [self._smooth.avg, self._smooth.count],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue recording from a checkpoint's `state_dict()`."""
+        self.lrs, self.moms = list(state["lrs"]), list(state["moms"])
+        self.losses, self.iters = list(state["losses"]), list(state["iters"])
+        self.values = [list(row) for row in state["values"]]
+        self._smooth.avg, self._smooth.count = state["smooth"]
+
     @property
     def smooth_loss(self) -> float:
         """The last smoothed training loss."""

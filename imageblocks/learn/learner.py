@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from torch import nn
 from imageblocks.data.loaders import DataLoader, DataLoaders
 from imageblocks.image import decode_image
 from imageblocks.learn.callbacks import Callback, ProgressTable, Recorder
+from imageblocks.learn.checkpoint import Checkpointer, check_plan, load_checkpoint, restore
 from imageblocks.learn.lr_find import (
     LossSmoother,
     exponential_lrs,
@@ -29,6 +32,7 @@ from imageblocks.learn.lr_find import (
     valley,
 )
 from imageblocks.learn.metrics import metric_name
+from imageblocks.learn.precision import autocast_dtype, check_precision
 from imageblocks.learn.schedule import (
     discriminative_lrs,
     fine_tune_plan,
@@ -76,8 +80,8 @@ class Learner:
         wd: float = 1e-2,
         moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
         train_bn: bool = True,
-        precision: str | None = None,
-        channels_last: bool = False,
+        precision: str | None = "auto",
+        channels_last: bool = True,
     ):
         self.dls, self.model, self.path = dls, model, path
         self.loss_func = loss_func if loss_func is not None else dls.loss_func
@@ -86,10 +90,11 @@ class Learner:
         self.metrics = metrics
         self.cbs = list(cbs or [])
         self.recorder = Recorder()
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.channels_last = channels_last
         self.thresholds: Any = None
         self.opt: torch.optim.Optimizer | None = None
+        self._checkpointer: Checkpointer | None = None
         self.epoch = self.iter = self.n_iter = 0
         self.epoch_time = 0.0
         self.model.to(self.dls.device)
@@ -167,7 +172,7 @@ class Learner:
 
     # --- precision -------------------------------------------------------------------------
     def to_fp16(self) -> Learner:
-        """Mixed precision with float16 (CUDA)."""
+        """Mixed precision with float16 (CUDA; the loss is scaled)."""
         self.precision = "fp16"
         return self
 
@@ -177,14 +182,19 @@ class Learner:
         return self
 
     def to_fp32(self) -> Learner:
-        """Full precision."""
-        self.precision = None
+        """Full float32 precision everywhere."""
+        self.precision = "fp32"
         return self
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype the body computes in (None: float32); `precision="auto"` picks per device."""
+        return autocast_dtype(self.precision, self.dls.device)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision is None:
+        dtype = self.autocast_dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(self.dls.device.type, dtype=dtype)
 
     # --- one step --------------------------------------------------------------------------
@@ -224,20 +234,26 @@ class Learner:
         lrs: torch.Tensor,
         moms: torch.Tensor | None,
         cbs: Sequence[Callback] = (),
+        start_epoch: int = 0,
+        recorder_state: dict | None = None,
     ) -> None:
-        """The loop: per-step hyper-parameters from `lrs` (steps, groups) and `moms` (steps,)."""
+        """The loop: per-step hyper-parameters from `lrs` (steps, groups) and `moms` (steps,).
+
+        `start_epoch`/`recorder_state` continue a run restored from a checkpoint."""
         if self.opt is None:
             self.create_opt()
         if len(self.dls.train) == 0:
             raise ValueError("the training loader has no batch: use a smaller batch size")
-        use_scaler = self.precision == "fp16" and self.dls.device.type == "cuda"
+        use_scaler = self.autocast_dtype == torch.float16 and self.dls.device.type == "cuda"
         self._scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         callbacks = sorted([self.recorder, *self.cbs, *cbs, ProgressTable()], key=lambda c: c.order)
         self.n_iter = len(self.dls.train)
         for cb in callbacks:
             cb.before_fit(self)
+        if recorder_state is not None:
+            self.recorder.load_state_dict(recorder_state)
         try:
-            for epoch in range(n_epoch):
+            for epoch in range(start_epoch, n_epoch):
                 self.epoch = epoch
                 t0 = time.perf_counter()
                 for cb in callbacks:
@@ -259,9 +275,57 @@ class Learner:
                 self.recorder.add_epoch([self.recorder.smooth_loss, *valid])
                 for cb in callbacks:
                     cb.after_epoch(self)
+                if self._checkpointer is not None:
+                    self._checkpointer.save(self, epoch + 1, n_epoch)
+        except KeyboardInterrupt:
+            print(self._interrupted_message(), file=sys.stderr, flush=True)
+            raise
         finally:
             for cb in callbacks:
                 cb.after_fit(self)
+
+    def _interrupted_message(self) -> str:
+        msg = f"training interrupted in epoch {self.epoch}, batch {self.iter}"
+        ckpt = self._checkpointer
+        if ckpt is not None and ckpt.path.is_file():
+            return f"{msg}; the last completed epoch is saved: resume with resume='{ckpt.path}'"
+        return f"{msg}; no checkpoint was written (pass checkpoint='file.pt' to keep epochs)"
+
+    def _train(
+        self,
+        call: str,
+        phases: Sequence[tuple[Callable[[], None], int, Callable[[], tuple]]],
+        cbs: Sequence[Callback],
+        checkpoint: Any,
+        resume: Any,
+    ) -> None:
+        """Run training phases `(prepare, n_epoch, schedule)`, checkpointing after every epoch
+        when asked, or continuing a killed run from the checkpoint `resume`."""
+        plan = f"{call} with {len(self.dls.train)} batches per epoch"
+        state = None
+        if resume is not None:
+            state = load_checkpoint(resume)
+            check_plan(state, plan, resume)
+            checkpoint = checkpoint if checkpoint is not None else resume
+        previous = self._checkpointer
+        self._checkpointer = Checkpointer(Path(checkpoint), plan) if checkpoint else None
+        try:
+            for k, (prepare, n_epoch, schedule) in enumerate(phases):
+                if state is not None and k < state["phase"]:
+                    continue
+                prepare()
+                start, recorder_state = 0, None
+                if state is not None:  # the phase the killed run was in
+                    restore(self, state)
+                    start, recorder_state, state = state["epoch"], state["recorder"], None
+                    if start >= n_epoch:
+                        continue
+                if self._checkpointer is not None:
+                    self._checkpointer.phase = k
+                lrs, moms = schedule()
+                self._fit(n_epoch, lrs, moms, cbs, start, recorder_state)
+        finally:
+            self._checkpointer = previous
 
     def _group_lrs(self, lr: float | slice | Sequence[float]) -> list[float]:
         return discriminative_lrs(lr, len(self.layer_groups()))
@@ -272,14 +336,39 @@ class Learner:
         lr: float | slice | None = None,
         wd: float | None = None,
         cbs: Sequence[Callback] = (),
+        checkpoint: Any = None,
+        resume: Any = None,
     ) -> None:
-        """Train `n_epoch` epochs at a constant learning rate."""
+        """Train `n_epoch` epochs at a constant learning rate.
+
+        `checkpoint='run.pt'` saves the run after every epoch; `resume='run.pt'` continues it."""
         if wd is not None:
             self.wd = wd
             self.opt = None
-        steps = max(1, n_epoch * len(self.dls.train))
-        lrs = torch.tensor([self._group_lrs(self.lr if lr is None else lr)] * steps)
-        self._fit(n_epoch, lrs, None, cbs)
+
+        def schedule() -> tuple:
+            steps = max(1, n_epoch * len(self.dls.train))
+            return torch.tensor([self._group_lrs(self.lr if lr is None else lr)] * steps), None
+
+        call = f"fit({n_epoch}, lr={lr!r}, wd={self.wd!r})"
+        self._train(call, [(lambda: None, n_epoch, schedule)], cbs, checkpoint, resume)
+
+    def _one_cycle(
+        self,
+        n_epoch: int,
+        lr_max: float | slice | None,
+        div: float,
+        div_final: float,
+        pct_start: float,
+        moms: tuple[float, float, float] | None,
+    ) -> Callable[[], tuple]:
+        def schedule() -> tuple:
+            steps = max(1, n_epoch * len(self.dls.train))
+            lr = self.lr if lr_max is None else lr_max
+            lrs = one_cycle_lrs(self._group_lrs(lr), steps, pct_start, div, div_final)
+            return lrs, one_cycle_moms(steps, pct_start, moms or self.moms)
+
+        return schedule
 
     def fit_one_cycle(
         self,
@@ -291,16 +380,21 @@ class Learner:
         wd: float | None = None,
         moms: tuple[float, float, float] | None = None,
         cbs: Sequence[Callback] = (),
+        checkpoint: Any = None,
+        resume: Any = None,
     ) -> None:
-        """Train with the one-cycle schedule: warm up to `lr_max`, then anneal (cosine)."""
+        """Train with the one-cycle schedule: warm up to `lr_max`, then anneal (cosine).
+
+        `checkpoint='run.pt'` saves the run after every epoch; `resume='run.pt'` continues it."""
         if wd is not None:
             self.wd = wd
             self.opt = None
-        steps = max(1, n_epoch * len(self.dls.train))
-        lr_max = self.lr if lr_max is None else lr_max
-        lrs = one_cycle_lrs(self._group_lrs(lr_max), steps, pct_start, div, div_final)
-        mom_sched = one_cycle_moms(steps, pct_start, moms or self.moms)
-        self._fit(n_epoch, lrs, mom_sched, cbs)
+        call = (
+            f"fit_one_cycle({n_epoch}, lr_max={lr_max!r}, div={div!r}, div_final={div_final!r}, "
+            f"pct_start={pct_start!r}, wd={self.wd!r}, moms={moms!r})"
+        )
+        schedule = self._one_cycle(n_epoch, lr_max, div, div_final, pct_start, moms)
+        self._train(call, [(lambda: None, n_epoch, schedule)], cbs, checkpoint, resume)
 
     def fine_tune(
         self,
@@ -310,19 +404,34 @@ class Learner:
         lr_mult: float = 100,
         pct_start: float = 0.3,
         div: float = 5.0,
-        **kwargs: Any,
+        wd: float | None = None,
+        moms: tuple[float, float, float] | None = None,
+        cbs: Sequence[Callback] = (),
+        checkpoint: Any = None,
+        resume: Any = None,
     ) -> None:
-        """Train the head with the body frozen, then everything with discriminative rates."""
-        for phase in fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult, pct_start, div):
-            self.freeze() if phase.frozen else self.unfreeze()
-            self.fit_one_cycle(
+        """Train the head with the body frozen, then everything with discriminative rates.
+
+        `checkpoint='run.pt'` saves the run after every epoch; `resume='run.pt'` continues it."""
+        if wd is not None:
+            self.wd = wd
+            self.opt = None
+        phases = [
+            (
+                self.freeze if phase.frozen else self.unfreeze,
                 phase.epochs,
-                phase.lr,
-                div=phase.div,
-                pct_start=phase.pct_start,
-                div_final=phase.div_final,
-                **kwargs,
+                self._one_cycle(
+                    phase.epochs, phase.lr, phase.div, phase.div_final, phase.pct_start, moms
+                ),
             )
+            for phase in fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult, pct_start, div)
+        ]
+        call = (
+            f"fine_tune({epochs}, base_lr={base_lr!r}, freeze_epochs={freeze_epochs!r}, "
+            f"lr_mult={lr_mult!r}, pct_start={pct_start!r}, div={div!r}, wd={self.wd!r}, "
+            f"moms={moms!r})"
+        )
+        self._train(call, phases, cbs, checkpoint, resume)
 
     # --- learning-rate finder --------------------------------------------------------------
     def lr_find(

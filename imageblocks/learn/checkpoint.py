@@ -1,0 +1,135 @@
+"""Training checkpoints: a run's whole state written atomically after every epoch, so a killed
+run continues from its last completed epoch.
+
+A checkpoint holds the model and optimiser states, where the run is in its schedule (phase and
+epoch), the recorder and the random generators' states. It is written with `torch.save` to a
+temporary file that is then renamed over the old one (a crash never leaves a half-written
+checkpoint) and read back with `weights_only=True`: only tensors, numbers and strings, no code
+runs on load. Exports (`learn.export`) are the format for sharing a model; checkpoints are for
+resuming your own run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or that belongs to a different training call."""
+
+
+@dataclass
+class Checkpointer:
+    """Where a training call writes its checkpoints, and which call and phase is running."""
+
+    path: Path
+    plan: str  # the training call with its arguments: a resume must repeat it
+    phase: int = 0
+
+    def save(self, learn: Any, epoch: int, n_epoch: int) -> Path:
+        """Write the learner's state after `epoch` completed epochs of `n_epoch` in this phase."""
+        state = {
+            "format": FORMAT,
+            "plan": self.plan,
+            "phase": self.phase,
+            "epoch": epoch,
+            "n_epoch": n_epoch,
+            "n_iter": learn.n_iter,
+            "model": learn.model.state_dict(),
+            "opt": learn.opt.state_dict(),
+            "recorder": learn.recorder.state_dict(),
+            "rng": rng_state(),
+        }
+        return atomic_save(state, self.path)
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """`torch.save` to a temporary file in the same folder, flushed, then renamed onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk mid-write: the old checkpoint stays intact
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Any) -> dict[str, Any]:
+    """Read a checkpoint written by `fit(..., checkpoint=path)` (no code from the file runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: resume from the file that `checkpoint=` (CLI: the output "
+            "folder's checkpoint.pt) wrote, or start the run without resume"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read the checkpoint {path} ({type(e).__name__}): the file is truncated or not "
+            "an imageblocks checkpoint; delete it and start the run again"
+        ) from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path} is not an imageblocks checkpoint")
+    if state["format"] > FORMAT:
+        raise CheckpointError(
+            f"{path} was written by a newer imageblocks (checkpoint format {state['format']}, this "
+            f"version reads {FORMAT}): upgrade imageblocks to resume it"
+        )
+    return state
+
+
+def check_plan(state: dict[str, Any], plan: str, path: Any) -> None:
+    """Refuse to resume a checkpoint into a different training call."""
+    if state["plan"] != plan:
+        raise CheckpointError(
+            f"the checkpoint {path} was written by `{state['plan']}` but this call is `{plan}`: "
+            "resume with the same call and arguments, or start afresh without resume"
+        )
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of torch's (CPU and CUDA), Python's and NumPy's global generators."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, torch.tensor(mt, dtype=torch.int64), python_gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+def restore(learn: Any, state: dict[str, Any]) -> None:
+    """Load a checkpoint's model, optimiser and generator states into `learn`."""
+    learn.model.load_state_dict(state["model"])
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.load_state_dict(state["opt"])
+    set_rng_state(state["rng"])
