@@ -116,9 +116,31 @@ def _check_training_args(bs: int, epochs: int, freeze_epochs: int) -> None:
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    from imageblocks.learn import distributed
+
+    if distributed.is_main():  # under torchrun only rank 0 writes
+        fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+@contextlib.contextmanager
+def _distributed_run() -> Iterator[None]:
+    """Under torchrun: join the process group, silence ranks other than 0, leave at the end."""
+    from imageblocks.learn import distributed
+
+    if not distributed.launched():
+        yield
+        return
+    distributed.setup()
+    quiet = None if distributed.is_main() else open(os.devnull, "w")
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            yield
+    finally:
+        if quiet:
+            quiet.close()
+        distributed.cleanup()
 
 
 def _use_agg() -> None:
@@ -303,6 +325,7 @@ def fit_and_export(
 
     Every epoch is checkpointed to `out/checkpoint.pt` (removed once the model is exported);
     `resume` continues a killed run from it, with the learning rate that run used."""
+    from imageblocks.learn import distributed
     from imageblocks.learn.thresholds import tune_thresholds
 
     out.mkdir(parents=True, exist_ok=True)
@@ -322,7 +345,8 @@ def fit_and_export(
         lr = float(suggestion.valley)
         typer.echo(f"lr_find: valley {lr:.2e} (used as the learning rate)")
         _save(learn.lr_find_figure, out / "lr_find.png")
-    run_file.write_text(json.dumps({"lr": lr}))
+    if distributed.is_main():
+        run_file.write_text(json.dumps({"lr": lr}))
     history = _history_callback()
     learn.cbs.append(history)
     t0 = time.perf_counter()
@@ -380,9 +404,10 @@ def fit_and_export(
             "train_time_s": round(train_s, 1),
         }
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    checkpoint.unlink(missing_ok=True)
-    run_file.unlink(missing_ok=True)
+    if distributed.is_main():
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        checkpoint.unlink(missing_ok=True)
+        run_file.unlink(missing_ok=True)
     return metrics
 
 
@@ -482,7 +507,7 @@ def train_multilabel(
     resume: bool = ResumeOpt,
 ) -> None:
     """Multi-label classification (PASCAL-style CSV): fine_tune, tune thresholds, export."""
-    with _user_errors():
+    with _user_errors(), _distributed_run():
         _check_training_args(bs, epochs, freeze_epochs)
         _use_agg()
         _seed(seed)
@@ -562,7 +587,7 @@ def train_points(
     resume: bool = ResumeOpt,
 ) -> None:
     """Key points (image regression): from a CSV of pixel coordinates, or --preset biwi."""
-    with _user_errors():
+    with _user_errors(), _distributed_run():
         _check_training_args(bs, epochs, freeze_epochs)
         _use_agg()
         _seed(seed)

@@ -17,12 +17,13 @@ import torch
 from PIL import Image
 
 from imageblocks.errors import CollateError, ItemError
+from imageblocks.learn import distributed
 
 
 def default_device() -> torch.device:
-    """CUDA when present, else Apple MPS when present, else CPU."""
+    """CUDA when present (torchrun: this process's GPU), else Apple MPS when present, else CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return distributed.local_device() or torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
@@ -144,6 +145,8 @@ class DataLoader:
         self.persistent_workers = persistent_workers and num_workers > 0
         self.prefetch_factor = prefetch_factor
         self._loader: torch.utils.data.DataLoader | None = None
+        self._loader_world = 1
+        self._epoch = 0
 
     @property
     def n(self) -> int:
@@ -152,13 +155,20 @@ class DataLoader:
 
     def __len__(self) -> int:
         n = len(self.dataset)
+        if distributed.active():  # this process's shard (torchrun)
+            n = distributed.shard_len(n, self.drop_last)
         return n // self.bs if self.drop_last else -(-n // self.bs)
 
     def _torch_loader(self) -> torch.utils.data.DataLoader:
-        if self._loader is None:
-            extra = {}
+        distributed.setup()
+        if self._loader is None or self._loader_world != distributed.world_size():
+            self._loader_world = distributed.world_size()
+            sampler = distributed.sampler(len(self.dataset), self.shuffle, self.drop_last)
+            extra: dict[str, Any] = {}
+            if sampler is not None:
+                extra["sampler"] = sampler
             if self.num_workers > 0:
-                extra = dict(
+                extra.update(
                     worker_init_fn=_worker_init,
                     persistent_workers=self.persistent_workers,
                     prefetch_factor=self.prefetch_factor,
@@ -169,7 +179,7 @@ class DataLoader:
             self._loader = torch.utils.data.DataLoader(
                 self.dataset,
                 batch_size=self.bs,
-                shuffle=self.shuffle,
+                shuffle=self.shuffle and "sampler" not in extra,
                 drop_last=self.drop_last,
                 num_workers=self.num_workers,
                 collate_fn=collate,
@@ -198,8 +208,12 @@ class DataLoader:
         return b
 
     def __iter__(self) -> Iterator[Any]:
+        loader = self._torch_loader()
+        if isinstance(loader.sampler, torch.utils.data.DistributedSampler):
+            loader.sampler.set_epoch(self._epoch)  # a new shuffle, the same on every process
+            self._epoch += 1
         try:
-            for b in self._torch_loader():
+            for b in loader:
                 yield self.process(b)
         except ItemError as e:
             # a worker's error arrives wrapped in its traceback: keep only our message

@@ -21,6 +21,7 @@ from torch import nn
 
 from imageblocks.data.loaders import DataLoader, DataLoaders
 from imageblocks.image import decode_image
+from imageblocks.learn import distributed
 from imageblocks.learn.callbacks import Callback, ProgressTable, Recorder
 from imageblocks.learn.checkpoint import Checkpointer, check_plan, load_checkpoint, restore
 from imageblocks.learn.lr_find import (
@@ -95,6 +96,8 @@ class Learner:
         self.thresholds: Any = None
         self.opt: torch.optim.Optimizer | None = None
         self._checkpointer: Checkpointer | None = None
+        self._ddp: tuple[tuple[bool, ...], nn.Module] | None = None
+        distributed.setup()  # under torchrun: join the process group
         self.epoch = self.iter = self.n_iter = 0
         self.epoch_time = 0.0
         self.model.to(self.dls.device)
@@ -207,14 +210,29 @@ class Learner:
             )
         return xs, b[n:]
 
+    def _train_model(self) -> nn.Module:
+        """The model for training steps: under torchrun, wrapped in DistributedDataParallel
+        (rebuilt when freezing changes which parameters train, as DDP requires)."""
+        if not distributed.active():
+            return self.model
+        trains = tuple(p.requires_grad for p in self.model.parameters())
+        if self._ddp is None or self._ddp[0] != trains:
+            self._ddp = None
+            ids = [self.dls.device.index] if self.dls.device.type == "cuda" else None
+            ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self._ddp = (trains, ddp)
+        return self._ddp[1]
+
     def _train_step(self, b: tuple) -> float:
         xs, ys = self._split_batch(b)
         with self._autocast():
-            pred = self.model(*xs)
+            pred = self._train_model()(*xs)
             loss = self.loss_func(pred, *ys)
-        if not torch.isfinite(loss):
+        # every process sees the same (averaged) loss: lr_find and the NaN check agree on all
+        value = distributed.mean(loss.item(), self.dls.device)
+        if not np.isfinite(value):
             raise FloatingPointError(
-                f"the training loss became {loss.item()}: lower the learning rate (try lr_find), "
+                f"the training loss became {value}: lower the learning rate (try lr_find), "
                 "or check the targets for NaN/inf"
             )
         if self._scaler is not None:
@@ -225,7 +243,7 @@ class Learner:
             loss.backward()
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return value
 
     # --- fitting ---------------------------------------------------------------------------
     def _fit(
@@ -246,7 +264,8 @@ class Learner:
             raise ValueError("the training loader has no batch: use a smaller batch size")
         use_scaler = self.autocast_dtype == torch.float16 and self.dls.device.type == "cuda"
         self._scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        callbacks = sorted([self.recorder, *self.cbs, *cbs, ProgressTable()], key=lambda c: c.order)
+        table = [ProgressTable()] if distributed.is_main() else []
+        callbacks = sorted([self.recorder, *self.cbs, *cbs, *table], key=lambda c: c.order)
         self.n_iter = len(self.dls.train)
         for cb in callbacks:
             cb.before_fit(self)
@@ -275,7 +294,7 @@ class Learner:
                 self.recorder.add_epoch([self.recorder.smooth_loss, *valid])
                 for cb in callbacks:
                     cb.after_epoch(self)
-                if self._checkpointer is not None:
+                if self._checkpointer is not None and distributed.is_main():
                     self._checkpointer.save(self, epoch + 1, n_epoch)
         except KeyboardInterrupt:
             print(self._interrupted_message(), file=sys.stderr, flush=True)
@@ -506,7 +525,8 @@ class Learner:
                 targs.append(ys[0])
             if with_input:
                 inputs.append(xs[0])
-        cat = lambda ts: torch.cat(ts) if ts else None
+        n = len(dl.dataset)  # under torchrun: every process gets the whole set, in order
+        cat = lambda ts: distributed.gather(torch.cat(ts), n) if ts else None
         return cat(preds), cat(targs), cat(inputs)
 
     def _validate(self, dl: DataLoader) -> list[float]:
@@ -593,6 +613,8 @@ class Learner:
         """Write `config.json` + `model.safetensors` into the folder `path` (no pickle)."""
         from imageblocks.learn.export import export_learner
 
+        if not distributed.is_main():  # under torchrun only rank 0 writes
+            return path
         return export_learner(self, path)
 
     def export_onnx(self, path: Any = "model.onnx", **kwargs: Any) -> Any:
@@ -613,7 +635,8 @@ class Learner:
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(file))
+        if distributed.is_main():
+            save_file(state, str(file))
         return file
 
     def load(self, file: Any) -> Learner:

@@ -1,0 +1,78 @@
+"""Data-parallel training with torchrun: 2 CPU processes (gloo) on tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+from typer.testing import CliRunner
+
+from imageblocks.cli import app
+from imageblocks.learn.distributed import unshard
+
+
+def test_training_shards_see_each_item_at_most_once_per_epoch():
+    n, world = 23, 2
+    for epoch in range(3):
+        shards = []
+        for rank in range(world):
+            s = DistributedSampler(
+                range(n), num_replicas=world, rank=rank, shuffle=True, drop_last=True, seed=7
+            )
+            s.set_epoch(epoch)
+            shards.append(list(s))
+        assert len(shards[0]) == len(shards[1])  # the same number of steps on every process
+        seen = shards[0] + shards[1]
+        assert len(set(seen)) == len(seen) == n - n % world
+
+
+def test_gathered_validation_shards_rebuild_the_loader_order():
+    n, world = 7, 3
+    chunks = []
+    for rank in range(world):
+        s = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False)
+        chunks.append(torch.tensor(list(s)))  # padded: every rank holds the same count
+    assert unshard(chunks, n).tolist() == list(range(n))
+
+
+def _train(voc, out, torchrun: bool) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd = [*launcher] if torchrun else [sys.executable]
+    cmd += [
+        "-m", "imageblocks.cli", "train", "multilabel", "--csv", str(voc / "train.csv"),
+        "--images", str(voc / "train"), "--out", str(out), "--size", "32", "--bs", "2",
+        "--epochs", "1", "--freeze-epochs", "1", "--lr", "1e-3", "--workers", "0",
+        "--no-tune-thresholds",
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_two_processes_train_and_rank_0_writes(voc, tmp_path):
+    run = _train(voc, tmp_path / "ddp", torchrun=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("epoch ") == 2  # one table per phase, from rank 0 only
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["n_valid"] == 12 and metrics["n_train"] == 12
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+    assert not (tmp_path / "ddp" / "checkpoint.pt").exists()
+
+    # the metrics were gathered over the whole validation set, not one process's half
+    df = pd.read_csv(voc / "train.csv", keep_default_na=False)
+    df[df["is_valid"]].to_csv(tmp_path / "valid.csv", index=False)
+    res = CliRunner().invoke(
+        app,
+        ["evaluate", str(tmp_path / "ddp"), "--csv", str(tmp_path / "valid.csv"),
+         "--images", str(voc / "train")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["loss"] == pytest.approx(metrics["valid_loss"], abs=2e-3)
+
+    single = _train(voc, tmp_path / "one", torchrun=False)
+    assert single.returncode == 0, single.stderr[-3000:]
+    alone = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert metrics["valid_loss"] == pytest.approx(alone["valid_loss"], abs=0.1)
