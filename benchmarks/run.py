@@ -178,6 +178,7 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
         "arch": "efficientnet_lite0",
         "quick": args.quick,
         "precision": args.precision,
+        "channels_last": args.channels_last,
         "loader": {},
     }
     opts = {"precision": args.precision, "channels_last": args.channels_last}
@@ -310,8 +311,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="512/256 items per recipe, 1+1 epochs")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--precision", default=None, choices=[None, "bf16", "fp16"])
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="imageblocks' precision (auto: bf16 where the hardware has it, as the Learner does)",
+    )
+    ap.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="imageblocks' memory format (the Learner's default: on)",
+    )
+    ap.add_argument(
+        "--fastai-result",
+        help="reuse fastai's side from this JSON (written by an earlier run on this machine)",
+    )
     ap.add_argument("--side", choices=["imageblocks", "fastai", "both"], default="both")
     ap.add_argument("--pascal")
     ap.add_argument("--biwi")
@@ -340,9 +355,11 @@ def main() -> None:
     for side in ("imageblocks", "fastai") if args.side == "both" else (args.side,):
         out = work / f"{side}.json"
         if side == "imageblocks":
-            extra = (["--precision", args.precision] if args.precision else []) + (
-                ["--channels-last"] if args.channels_last else []
-            )
+            extra = [
+                "--precision",
+                args.precision,
+                "--channels-last" if args.channels_last else "--no-channels-last",
+            ]
             cmd = [
                 sys.executable,
                 __file__,
@@ -367,6 +384,10 @@ def main() -> None:
                 str(out),
                 *common,
             ]
+        if side == "fastai" and args.fastai_result:
+            results[side] = json.loads(Path(args.fastai_result).read_text())
+            log(f"== fastai: reusing {args.fastai_result}")
+            continue
         log(f"== {side}: {' '.join(cmd)}")
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
