@@ -30,6 +30,7 @@ __all__ = [
     "LabelsFromCol",
     "PointsFromCols",
     "biwi_dataloaders",
+    "check_csv",
     "eval_dataloader",
     "multilabel_from_csv",
     "point_columns",
@@ -165,8 +166,14 @@ def choose_splitter(
     return splitter
 
 
-def point_columns(df: pd.DataFrame, csv: Any, point_cols: Sequence[str] | None = None) -> list[str]:
-    """The point columns: given, or `x, y`, or `x0, y0, x1, y1, ...` found in the CSV."""
+def point_columns(
+    df: pd.DataFrame,
+    csv: Any,
+    point_cols: Sequence[str] | None = None,
+    check_values: bool = True,
+) -> list[str]:
+    """The point columns: given, or `x, y`, or `x0, y0, x1, y1, ...` found in the CSV; with
+    `check_values`, every value checked to be a finite number (the first bad row named)."""
     if point_cols:
         cols = list(point_cols)
         require_columns(df, csv, {f"point {c}": c for c in cols})
@@ -185,36 +192,54 @@ def point_columns(df: pd.DataFrame, csv: Any, point_cols: Sequence[str] | None =
             f"{csv}: no point columns (expected 'x' and 'y', or 'x0', 'y0', 'x1', 'y1', ...); "
             f"columns present: {present}"
         )
-    for c in cols:
-        values = pd.to_numeric(df[c], errors="coerce")
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+    for c in cols if check_values else ():
+        values = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
             raise CsvDataError(
-                f"{csv}: column {c!r} holds a missing or non-numeric value at row {row + 2} "
-                f"({df[c].iloc[row]!r}): every point needs numbers, in pixels"
+                f"{csv}: column {c!r} holds a missing, non-numeric or infinite value at row "
+                f"{row + 2} ({df[c].iloc[row]!r}): every point needs finite numbers, in pixels "
+                "(`imageblocks check` lists every such row)"
             )
     return cols
-    if "x" in df.columns and "y" in df.columns:
-        return ["x", "y"]
-    cols = []
-    while f"x{len(cols) // 2}" in df.columns and f"y{len(cols) // 2}" in df.columns:
-        k = len(cols) // 2
-        cols += [f"x{k}", f"y{k}"]
-    if not cols:
-        present = ", ".join(map(str, df.columns))
-        raise CsvDataError(
-            f"{csv}: no point columns (expected 'x' and 'y', or 'x0', 'y0', 'x1', 'y1', ...); "
-            f"columns present: {present}"
-        )
-    for c in cols:
-        values = pd.to_numeric(df[c], errors="coerce")
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise CsvDataError(
-                f"{csv}: column {c!r} holds a missing or non-numeric value at row {row + 2} "
-                f"({df[c].iloc[row]!r}): every point needs numbers, in pixels"
-            )
-    return cols
+
+
+def check_csv(
+    csv: str | os.PathLike,
+    images: str | os.PathLike,
+    fname_col: str = "fname",
+    point_cols: Sequence[str] | None = None,
+    label_col: str | None = None,
+    vocab: Sequence[str] | None = None,
+) -> list[tuple[Path, str]]:
+    """Every problem of the rows of `csv` in one scan, as `(image path, reason)`: missing,
+    unreadable or non-image files; with `point_cols` (or `x, y` / `x0, y0, ...` columns present)
+    missing, non-numeric, infinite or out-of-image points; with `label_col` and `vocab`
+    (a model's classes), labels outside the vocab. The CSV's own problems (no such column)
+    raise `CsvDataError`."""
+    df = read_csv(csv)
+    require_columns(df, csv, {"file name": fname_col})
+    has_points = bool(point_cols) or {"x", "y"} <= set(df.columns) or "x0" in df.columns
+    cols = point_columns(df, csv, point_cols, check_values=False) if has_points else []
+    blocks: list[Any] = [ImageBlock]
+    getters: list[Any] = [ImageFromCol(images, fname_col)]
+    if cols:
+        blocks.append(PointBlock)
+        getters.append(PointsFromCols(cols))
+    if label_col is not None and vocab is not None:
+        require_columns(df, csv, {"label": label_col})
+        blocks.append(MultiCategoryBlock(vocab=list(vocab)))
+        getters.append(LabelsFromCol(label_col))
+    dblock = DataBlock(
+        blocks=blocks,
+        getters=getters,
+        n_inp=1,
+        splitter=lambda items: (list(range(len(items))), []),
+        item_tfms=Resize(64),  # lets JPEGs decode at reduced scale: a check needs no pixels
+    )
+    get_path = ImageFromCol(images, fname_col)
+    return [(get_path(row), reason) for row, reason in dblock.check(df)]
 
 
 # --- DataLoaders ----------------------------------------------------------------------------

@@ -3,17 +3,30 @@
 Decoding is the data pipeline's CPU bottleneck. When the loader knows the size it will produce,
 `open_image(..., draft=(w, h))` asks libjpeg to decode at 1/2, 1/4 or 1/8 scale directly (Pillow's
 `draft`), never below the requested size: several times cheaper than decoding full size.
+
+Large photos: Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, left as the user
+sets it) is applied to the size actually decoded, so a 12000x9000 JPEG read for a 128 px crop
+decodes at 1/8 scale (1500x1125, about 5 MB) without a warning; decoded at full size (no draft,
+or a PNG, which cannot be DCT-scaled) it gets Pillow's warning, and above twice the limit an
+`ItemError` that says what to do.
+
+Bad files raise `ItemError` naming the file: missing, unreadable, not an image, truncated or
+corrupt (recoverable JPEG damage is decoded as libjpeg recovers it, as in every Pillow-based
+loader). Any mode (grayscale, palette, alpha, CMYK, 16-bit) becomes RGB; EXIF rotation is applied.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
+import warnings
+import zlib
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from imageblocks.errors import ItemError
 
@@ -85,24 +98,102 @@ def open_image(source: Any, draft: tuple[int, int] | None = None) -> Image.Image
     return decode_image(source, draft)[0]
 
 
-def _decode_plain_jpeg(data: bytes, draft: tuple[int, int] | None) -> tuple | None:
+def _scaled_size(w: int, h: int, draft: tuple[int, int] | None) -> tuple[int, int]:
+    """The size libjpeg decodes a (w, h) JPEG to at the smallest DCT scale n/8 that keeps it at
+    least `draft` (an upper bound of what it allocates)."""
+    if draft is None:
+        return w, h
+    dw, dh = draft
+    for n in range(1, 8):
+        sw, sh = -(-w * n // 8), -(-h * n // 8)
+        if sw >= dw and sh >= dh:
+            return sw, sh
+    return w, h
+
+
+def _too_large(name: str, what: str) -> ItemError:
+    return ItemError(
+        f"Image {name} is too large to decode ({what}; PIL.Image.MAX_IMAGE_PIXELS is "
+        f"{Image.MAX_IMAGE_PIXELS}). Downscale the file, or save it as JPEG and add a Resize or "
+        "RandomResizedCrop item transform (JPEGs then decode at reduced scale), or raise the "
+        "limit (PIL.Image.MAX_IMAGE_PIXELS = None) if you trust the file."
+    )
+
+
+def _check_pixels(size: tuple[int, int], name: str) -> None:
+    """Pillow's decompression-bomb limit applied to the size that will really be decoded (a
+    DCT-scaled JPEG needs far less memory than its full size): error above twice the limit,
+    `DecompressionBombWarning` above it, as `Image.open` does for full-size decodes."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return
+    pixels = max(1, size[0]) * max(1, size[1])
+    if pixels > 2 * limit:
+        raise _too_large(name, f"{size[0]}x{size[1]} = {pixels} pixels to decode")
+    if pixels > limit:
+        warnings.warn(
+            f"{name}: decoding {size[0]}x{size[1]} pixels, more than PIL.Image.MAX_IMAGE_PIXELS "
+            f"({limit}); with a resize item transform JPEGs decode at reduced scale",
+            Image.DecompressionBombWarning,
+            stacklevel=4,
+        )
+
+
+def _decode_plain_jpeg(data: bytes, draft: tuple[int, int] | None, name: str) -> tuple | None:
     """libjpeg-turbo through simplejpeg for a JPEG without EXIF in RGB/YCbCr/gray: no Python
     header parsing, DCT scaling to at least `draft`. None when the general path is needed."""
     if simplejpeg is None or data[:2] != b"\xff\xd8" or b"Exif\x00" in data[:65536]:
         return None
     try:
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        if colorspace not in ("YCbCr", "Gray", "RGB"):
-            return None
-        dw, dh = draft if draft is not None else (0, 0)
-        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=dw, min_height=dh)
     except ValueError:
         return None  # let Pillow decode it, or explain why it cannot
+    if colorspace not in ("YCbCr", "Gray", "RGB"):
+        return None
+    _check_pixels(_scaled_size(w, h, draft), name)
+    dw, dh = draft if draft is not None else (0, 0)
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=dw, min_height=dh)
+    except ValueError:
+        return None  # truncated or damaged: Pillow decodes what libjpeg recovers, or explains
     return Image.fromarray(arr), (w, h)
 
 
+def _open_pil(data: bytes, name: str, draft: tuple[int, int] | None) -> Image.Image:
+    """A lazily decoded Pillow image. A JPEG that will be DCT-scaled (`draft`) skips the
+    open-time size check of `Image.open`, which counts the full size: `_check_pixels` checks the
+    scaled size instead, so a 12000x9000 photo loads for a 128 px crop."""
+    if draft is not None and data[:3] == b"\xff\xd8\xff":
+        try:
+            return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+        except (SyntaxError, OSError, ValueError, IndexError, struct.error):
+            pass  # not a JPEG this parser accepts: let Image.open identify it
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise _too_large(name, str(e).split(",")[0]) from None
+
+
+def _read(source: str | os.PathLike, name: str) -> bytes:
+    try:
+        with open(source, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ItemError(
+            f"Image file not found: {name}. Check the path your get_x/get_items returns "
+            "(a missing folder prefix is the usual cause), or remove the row."
+        ) from None
+    except OSError as e:  # a folder, no permission, an I/O error
+        raise ItemError(
+            f"Cannot read image file {name}: {e.strerror or e}. Fix the file or remove the row."
+        ) from None
+
+
 def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Image.Image, tuple]:
-    """`open_image`, plus the (width, height) the image has at full size (before any draft)."""
+    """`open_image`, plus the (width, height) the image has at full size (before any draft).
+
+    The full size is the displayed one: an EXIF rotation by 90 degrees swaps width and height.
+    """
     if isinstance(source, Image.Image):
         img = to_rgb(ImageOps.exif_transpose(source) or source)
         return img, img.size
@@ -122,46 +213,51 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
         img = to_rgb(Image.fromarray(arr))
         return img, img.size
     name = _describe(source)
-    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith((".jpg", ".jpeg")):
-        try:
-            with open(source, "rb") as f:
-                source = f.read()
-        except FileNotFoundError:
-            raise ItemError(
-                f"Image file not found: {name}. Check the path your get_x/get_items returns "
-                "(a missing folder prefix is the usual cause), or remove the row."
-            ) from None
-    if isinstance(source, (bytes, bytearray)):
-        fast = _decode_plain_jpeg(source, draft)
-        if fast is not None:
-            return fast
+    if isinstance(source, (str, os.PathLike)):
+        data = _read(source, name)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif hasattr(source, "read"):  # a file object
+        data = source.read()
+    else:
+        raise ItemError(
+            f"Cannot make an image from {name}: get_x should return a path, bytes, a PIL image, "
+            "an array or a tensor."
+        )
+    fast = _decode_plain_jpeg(data, draft, name)
+    if fast is not None:
+        return fast
     try:
-        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-        img = Image.open(fp)
+        img = _open_pil(data, name, draft)
         full_w, full_h = img.size
         if draft is not None and img.format == "JPEG":  # a JPEG's EXIF is in its header: cheap
             w, h = draft
             turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES
             img.draft(img.mode, (h, w) if turned else (w, h))
+            _check_pixels(img.size, name)  # Image.open, skipped, would count the full size
         img.load()
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)  # any format, once decoded
         if orientation in _SWAPS_AXES:
             full_w, full_h = full_h, full_w
-    except FileNotFoundError:
-        raise ItemError(
-            f"Image file not found: {name}. Check the path your get_x/get_items returns "
-            "(a missing folder prefix is the usual cause), or remove the row."
-        ) from None
+        if orientation != 1:
+            img = ImageOps.exif_transpose(img) or img
+    except ItemError:
+        raise
     except UnidentifiedImageError:
         raise ItemError(
-            f"Not a readable image: {name}. The file is not an image, or in a format Pillow "
-            "cannot read; convert it to JPEG/PNG or remove it (`imageblocks check` lists all such files)."
+            f"Not a readable image: {name}. The file is not an image, is empty or cut off before "
+            "its header, or is in a format Pillow cannot read; convert it to JPEG/PNG or remove "
+            "it (`imageblocks check` lists all such files)."
         ) from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
         raise ItemError(
             f"Could not decode image {name}: {e}. The file is truncated or corrupt; "
             "re-export it or remove it from the dataset."
         ) from None
-    if orientation != 1:
-        img = ImageOps.exif_transpose(img) or img
-    return to_rgb(img), (full_w, full_h)
+    try:
+        return to_rgb(img), (full_w, full_h)
+    except (ValueError, OSError) as e:
+        raise ItemError(
+            f"Cannot convert image {name} (mode {img.mode}) to RGB: {e}. Save it as an 8-bit "
+            "RGB or grayscale JPEG/PNG."
+        ) from None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from imageblocks.data.blocks import TransformBlock, as_block
-from imageblocks.data.datasets import Datasets, LoaderItems, Pipeline
+from imageblocks.data.datasets import Datasets, LoaderItems, Pipeline, describe_item
 from imageblocks.data.loaders import DataLoader, DataLoaders, default_device, default_workers
 from imageblocks.data.splitters import RandomSplitter
 from imageblocks.errors import ItemError
@@ -110,8 +111,20 @@ class DataBlock:
         batch_size: int | None = None,
         **kwargs: Any,
     ) -> DataLoaders:
-        """A training loader (shuffled, last partial batch dropped) and a validation loader."""
+        """A training loader (shuffled, last partial batch dropped) and a validation loader.
+
+        A batch size larger than the training set gives one (smaller) batch per epoch. An empty
+        validation split is allowed, with a warning: training runs and reports no validation
+        loss or metrics (None)."""
         dsets = self.datasets(source, verbose=verbose)
+        if not dsets.splits[1]:
+            warnings.warn(
+                f"the splitter put all {len(dsets.splits[0])} items in the training set and none "
+                "in the validation set: training will report no validation loss or metrics. "
+                "Use a splitter that keeps some items for validation (e.g. RandomSplitter(0.2)).",
+                UserWarning,
+                stacklevel=2,
+            )
         return self.dataloaders_from(
             dsets,
             path,
@@ -166,6 +179,7 @@ class DataBlock:
                 pipelines=[_inference_pipeline(p) for p in dsets.pipelines[: dsets.n_inp]]
                 if not with_labels
                 else dsets.pipelines,
+                setup=False,  # the training vocab stays: a label outside it is an error
             )
             ds = LoaderItems(
                 test, list(range(len(items))), self.item_tfms, train=False, draft=draft
@@ -205,16 +219,24 @@ class DataBlock:
         summarize(self, source, bs=bs, show_batch=show_batch, **kwargs)
 
     def check(self, source: Any) -> list[tuple[Any, str]]:
-        """Load every item once; return (item, reason) for each one that fails."""
+        """Load every item once, as the loaders do, and return `(item, reason)` for each one
+        that fails, all in one scan: missing, unreadable or non-image files, truncated images,
+        NaN or out-of-image points, validation labels outside the vocab, getter errors.
+
+        The reason starts with the item (its row or path). An empty list: every item loads."""
         dsets = self.datasets(source)
         problems = []
-        for split in (dsets.splits[0], dsets.splits[1]):
+        for split in dsets.splits:
             ds = LoaderItems(dsets, split, self.item_tfms, train=False, draft=self.draft_size())
             for i in range(len(ds)):
                 try:
                     ds[i]
-                except (ItemError, OSError, ValueError, TypeError, KeyError) as e:
-                    problems.append((dsets.items[split[i]], str(e)))
+                except Exception as e:  # noqa: BLE001 - every failure is a problem to list
+                    item = dsets.items[split[i]]
+                    reason = str(e) if isinstance(e, ItemError) else f"{type(e).__name__}: {e}"
+                    if not isinstance(e, ItemError):
+                        reason = f"{describe_item(item)}: {reason}"
+                    problems.append((item, reason))
         return problems
 
 

@@ -180,21 +180,62 @@ class MultiCategoryBlock(TransformBlock):
 
 def to_points(value: Any) -> torch.Tensor:
     """(n, 2) float points in pixels, (x, y), from a pair, a list of pairs or an array."""
-    t = torch.as_tensor(np.asarray(value, dtype=np.float32)).reshape(-1, 2)
+    try:
+        t = torch.as_tensor(np.asarray(value, dtype=np.float32)).reshape(-1, 2)
+    except (ValueError, TypeError, RuntimeError):
+        raise ItemError(
+            f"point {value!r} is not (x, y) numbers in pixels: fix the annotation or the getter"
+        ) from None
     if not torch.isfinite(t).all():
         raise ItemError(
-            f"point {t.tolist()} is not finite (NaN or infinite): fix the annotation or drop the item"
+            f"point {t.tolist()} is not finite (NaN or infinite): fix the annotation or drop "
+            "the item (a missing key point cannot be a training target)"
         )
     return t
 
 
+POINT_SLACK = 0.1  # how far outside its image a point may lie, as a fraction of the image size
+
+
+def points_inside(points: np.ndarray, w: int, h: int, outside: str = "error") -> np.ndarray:
+    """`points` (n, 2) in pixels of a (w, h) image, checked to lie in it. Up to `POINT_SLACK`
+    (10%) of the image's width/height outside is accepted as it is (annotations at the edge;
+    fastai keeps such points too); what happens to points farther out is `outside`'s choice:
+    "error" (`ItemError`), "clamp" (moved to the nearest edge) or "keep"."""
+    if outside == "keep":
+        return points
+    hi = np.array([w, h], np.float32)
+    if outside == "clamp":
+        return np.clip(points, 0.0, hi).astype(np.float32)
+    margin = POINT_SLACK * hi
+    bad = ((points < -margin) | (points > hi + margin)).any(axis=1)
+    if bad.any():
+        pt = [round(float(v), 2) for v in points[int(np.flatnonzero(bad)[0])]]
+        raise ItemError(
+            f"point {pt} (x, y) is outside the {w}x{h} image (by more than "
+            f"{POINT_SLACK:.0%} of its size): points are in pixels of the full-size image, x "
+            "across and y down. Fix the annotation (x and y swapped? another scale?), drop the "
+            "item, or use PointBlock(outside='clamp') or 'keep'"
+        )
+    return points
+
+
 class PointBlock(TransformBlock):
-    """Key points in pixels, (n, 2) as (x, y); scaled to [-1, 1] of the image in the loader."""
+    """Key points in pixels, (n, 2) as (x, y); scaled to [-1, 1] of the image in the loader.
+
+    A point must be finite and lie in its full-size image (0 <= x <= width, 0 <= y <= height),
+    or at most 10% of the image's size outside it (kept as it is, its target a little beyond
+    [-1, 1]); farther out, the loader raises `ItemError` naming the item. `outside="clamp"`
+    moves every outside point to the nearest edge instead; `"keep"` keeps them all.
+    """
 
     kind = "points"
 
-    def __init__(self):
+    def __init__(self, outside: str = "error"):
         super().__init__([to_points])
+        if outside not in ("error", "clamp", "keep"):
+            raise ValueError(f"outside must be 'error', 'clamp' or 'keep', not {outside!r}")
+        self.outside = outside
 
     def steps(self):
         return [("TensorPoint.create", to_points)]

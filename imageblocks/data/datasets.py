@@ -9,21 +9,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from imageblocks.data.blocks import TransformBlock, Vocab, func_name
+from imageblocks.data.blocks import TransformBlock, Vocab, func_name, points_inside
 from imageblocks.errors import ItemError
 from imageblocks.image import decode_image
 from imageblocks.transforms.item import ItemTransform
 
 
 class Rows(Sequence):
-    """A DataFrame seen as a sequence of its rows (pandas Series); empty text cells read as ''."""
+    """A DataFrame seen as a sequence of its rows (pandas Series); empty text cells read as ''.
+
+    A column with no value at all (pandas reads an all-empty CSV column as NaN floats) is text
+    too: an all-empty `labels` column gives '' (no label), so `r['labels'].split(' ')` works."""
 
     def __init__(self, df: pd.DataFrame):
         self.df = df
         text = [
-            c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])
+            c
+            for c in df.columns
+            if df[c].dtype == object
+            or pd.api.types.is_string_dtype(df[c])
+            or (len(df) and df[c].isna().all())
         ]
-        self._frame = df.assign(**{c: df[c].fillna("") for c in text}) if text else df
+        self._frame = (
+            df.assign(**{c: df[c].astype(object).fillna("") for c in text}) if text else df
+        )
 
     def __len__(self) -> int:
         return len(self._frame)
@@ -46,6 +55,27 @@ def describe_item(item: Any) -> str:
     if isinstance(item, pd.Series):
         return f"row {item.name} ({', '.join(f'{k}={v!r}' for k, v in item.items())})"
     return repr(item)
+
+
+def missing_column(item: Any, e: KeyError) -> ItemError | None:
+    """An `ItemError` for a getter that looked up a column the DataFrame row does not have."""
+    key = e.args[0] if e.args else None
+    if not isinstance(item, pd.Series) or not isinstance(key, str) or key in item.index:
+        return None
+    cols = ", ".join(map(str, item.index))
+    return ItemError(
+        f"{describe_item(item)}: get_x/get_y looked up {key!r}, which is not a column of the "
+        f"DataFrame (columns: {cols}): fix the column name in the getter or the CSV header"
+    )
+
+
+def item_error(item: Any, e: Exception) -> Exception:
+    """The error to raise for `item`: `ItemError`s prefixed with the item, missing columns named."""
+    if isinstance(e, ItemError):
+        return ItemError(f"{describe_item(item)}: {e}")
+    if isinstance(e, KeyError):
+        return missing_column(item, e) or e
+    return e
 
 
 class Pipeline:
@@ -118,7 +148,10 @@ class Datasets:
         splits: tuple[Sequence[int], Sequence[int]] | None = None,
         n_inp: int | None = None,
         pipelines: Sequence[Pipeline] | None = None,
+        setup: bool = True,
     ):
+        """`setup=False` keeps the blocks as they are (a test set reusing the training
+        pipelines must not rebuild their vocab from its own labels)."""
         self.source = items
         self.items = as_items(items if items is not None else [])
         if pipelines is None:
@@ -132,7 +165,8 @@ class Datasets:
         self._check_splits()
         self.train = DatasetSplit(self, self.splits[0], "train")
         self.valid = DatasetSplit(self, self.splits[1], "valid")
-        self._setup_blocks()
+        if setup:
+            self._setup_blocks()
 
     def _check_splits(self) -> None:
         n = len(self.items)
@@ -151,8 +185,11 @@ class Datasets:
             for i in self.splits[0]:
                 try:
                     values.append(p.get(self.items[i]))
-                except ItemError as e:
-                    raise ItemError(f"{describe_item(self.items[i])}: {e}") from None
+                except (ItemError, KeyError) as e:
+                    err = item_error(self.items[i], e)
+                    if err is e:
+                        raise
+                    raise err from None
             p.block.setup(values)
 
     @property
@@ -175,8 +212,11 @@ class Datasets:
         item = self.items[i]
         try:
             return tuple(p(item) for p in self.pipelines)
-        except ItemError as e:
-            raise ItemError(f"{describe_item(item)}: {e}") from None
+        except (ItemError, KeyError) as e:
+            err = item_error(item, e)
+            if err is e:
+                raise
+            raise err from None
 
     def subset(self, i: int) -> DatasetSplit:
         """Split `i`: 0 = train, 1 = valid."""
@@ -212,8 +252,11 @@ class LoaderItems(torch.utils.data.Dataset):
         item = self.dsets.items[self.idxs[i]]
         try:
             return self._load(item)
-        except ItemError as e:
-            raise ItemError(f"{describe_item(item)}: {e}") from None
+        except (ItemError, KeyError) as e:
+            err = item_error(item, e)
+            if err is e:
+                raise
+            raise err from None
 
     def _load(self, item: Any) -> tuple:
         outs: list[Any] = []
@@ -230,7 +273,9 @@ class LoaderItems(torch.utils.data.Dataset):
         if pts_at and size is None:
             raise ItemError("points need an image block before them to know the image size")
         w, h = size if size is not None else (1, 1)
-        for k in pts_at:  # pixels -> [-1, 1] of the full-size image
+        for k in pts_at:  # pixels, checked to lie in the image -> [-1, 1] of the full-size image
+            outside = getattr(self.dsets.pipelines[k].block, "outside", "error")
+            outs[k] = points_inside(outs[k], w, h, outside)
             outs[k] = outs[k] * np.array([2.0 / w, 2.0 / h], np.float32) - 1.0
         pts = outs[pts_at[0]] if pts_at else None
         if img is not None:

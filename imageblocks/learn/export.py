@@ -137,10 +137,15 @@ def read_config(path: str | os.PathLike) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ExportError(f"{file} is not an imageblocks model config (missing format: {FORMAT!r})")
     version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ExportError(f"{file}: 'format_version' is missing or not an integer; re-export it")
+    if version > FORMAT_VERSION:
+        writer = config.get("library_version")
+        by = f" (written by imageblocks {writer})" if isinstance(writer, str) else ""
         raise ExportError(
-            f"{file} has format_version {version!r}, newer than this imageblocks "
-            f"({__version__}, reads up to {FORMAT_VERSION}): upgrade imageblocks"
+            f"{file} has format_version {version!r}{by}, newer than this imageblocks "
+            f"({__version__}, reads up to {FORMAT_VERSION}): upgrade imageblocks "
+            "(pip install -U imageblocks), or re-export the model with this version"
         )
     for key, kind in (("task", str), ("model", dict), ("item_tfms", list), ("batch_tfms", list)):
         if not isinstance(config.get(key), kind):
@@ -204,7 +209,8 @@ def _load_weights(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]
         )
         raise ExportError(
             f"the tensors in {file} do not match the model described by config.json ({detail}): "
-            "the two files come from different exports"
+            "the two files come from different exports (or the weights were edited): "
+            "export the model again with learn.export() and copy both files together"
         )
     return state
 
