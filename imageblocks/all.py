@@ -38,6 +38,8 @@ from imageblocks.data.splitters import (
 from imageblocks.errors import CollateError, ItemError
 from imageblocks.image import PILImage, open_image
 from imageblocks.learn.callbacks import Callback, Recorder
+from imageblocks.learn.checkpoint import CheckpointError, load_checkpoint
+from imageblocks.learn.export import ExportError, load_learner
 from imageblocks.learn.learner import Learner, cnn_learner, vision_learner
 from imageblocks.learn.losses import (
     BCEWithLogitsLossFlat,

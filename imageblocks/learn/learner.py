@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from imageblocks.data.loaders import DataLoader, DataLoaders
+from imageblocks.data.loaders import DataLoader, DataLoaders, collate
 from imageblocks.image import decode_image
 from imageblocks.learn import distributed
 from imageblocks.learn.callbacks import Callback, ProgressTable, Recorder
 from imageblocks.learn.checkpoint import Checkpointer, check_plan, load_checkpoint, restore
+from imageblocks.learn.inference import OnnxRunner, one_thread
 from imageblocks.learn.lr_find import (
     LossSmoother,
     exponential_lrs,
@@ -96,6 +97,8 @@ class Learner:
         self.thresholds: Any = None
         self.opt: torch.optim.Optimizer | None = None
         self._checkpointer: Checkpointer | None = None
+        self.fast_predict = True  # predict() through ONNX Runtime on CPU (see inference.py)
+        self._runner = OnnxRunner()
         self._ddp: tuple[tuple[bool, ...], nn.Module] | None = None
         distributed.setup()  # under torchrun: join the process group
         self.epoch = self.iter = self.n_iter = 0
@@ -514,6 +517,11 @@ class Learner:
     @torch.no_grad()
     def _raw_preds(self, dl: DataLoader, with_input: bool = False) -> tuple:
         """Raw model outputs, targets (and inputs) for every batch of `dl`, concatenated."""
+        if len(dl.dataset) == 0:
+            raise ValueError(
+                "there is nothing to predict: this set is empty (an empty validation split?); "
+                "give the splitter some validation items, or pass dl="
+            )
         self.model.eval()
         preds, targs, inputs = [], [], []
         for b in dl:
@@ -572,16 +580,21 @@ class Learner:
         Multi-label: (labels, boolean mask, probabilities). Single label: (label, index, probs).
         Points: (points in the input image's pixels (n, 2), points in [-1, 1], same)."""
         dl = self.dls.test_dl([item])
-        (xb,) = next(iter(dl))[: self.dls.n_inp]
-        self.model.eval()
-        with torch.no_grad(), self._autocast():
-            raw = self.model(xb).float()
-        preds = getattr(self.loss_func, "activation", lambda x: x)(raw)[0].cpu()
+        with one_thread():
+            xs = dl.process(collate([dl.dataset[0]]))[: self.dls.n_inp]  # no loader for one item
+        raw = self._runner(self.model, xs[0]) if len(xs) == 1 and self.fast_predict else None
+        if raw is None:
+            self.model.eval()
+            xs, _ = self._split_batch(xs)
+            with torch.inference_mode(), self._autocast():
+                raw = self.model(*xs).float()
+        with one_thread():
+            preds = getattr(self.loss_func, "activation", lambda x: x)(raw)[0].cpu()
         target = self.dls.block_info.get("target_block")
         vocab = getattr(target, "vocab", None)
         if getattr(target, "kind", None) == "points":
             rel = preds.reshape(-1, 2)
-            _, (w, h) = decode_image(item)
+            _, (w, h) = decode_image(item, draft=(1, 1))  # only the full size is needed
             x0, y0, x1, y1 = source_region(self.dls.block_info.get("item_tfms", []), w, h)
             pix = (rel + 1) / 2 * torch.tensor([x1 - x0, y1 - y0]) + torch.tensor([x0, y0])
             return pix, rel, rel

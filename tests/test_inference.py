@@ -1,0 +1,69 @@
+"""predict() through ONNX Runtime: the same answers as PyTorch, always from the current weights."""
+
+from __future__ import annotations
+
+import builtins
+
+import pandas as pd
+import torch
+
+from imageblocks.data.block import DataBlock
+from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock
+from imageblocks.data.splitters import ColSplitter
+from imageblocks.learn.learner import vision_learner
+from imageblocks.seeding import set_seed
+from imageblocks.transforms.item import Resize
+
+
+def _learner(voc):
+    set_seed(0)
+    df = pd.read_csv(voc / "train.csv", keep_default_na=False)
+    dblock = DataBlock(
+        blocks=(ImageBlock, MultiCategoryBlock),
+        splitter=ColSplitter(),
+        get_x=lambda r: voc / "train" / r["fname"],
+        get_y=lambda r: r["labels"].split(" "),
+        item_tfms=Resize(64),
+    )
+    return vision_learner(dblock.dataloaders(df, bs=4, num_workers=0), "efficientnet_lite0")
+
+
+def _torch_predict(learn, img):
+    learn.fast_predict = False
+    try:
+        return learn.predict(img)
+    finally:
+        learn.fast_predict = True
+
+
+def test_onnx_predict_equals_pytorch_and_follows_training(voc):
+    learn = _learner(voc)
+    img = voc / "train" / "000001.jpg"
+    fast = learn.predict(img)
+    assert learn._runner.session is not None and learn._runner.unavailable is None
+    slow = _torch_predict(learn, img)
+    # PyTorch computes the body in bfloat16 on CPUs that have it: agree to its precision
+    assert torch.allclose(fast[2], slow[2], atol=2e-2)
+
+    learn.fit(1, 1e-2)  # the weights change: the next predict must use the new ones
+    session = learn._runner.session
+    after = learn.predict(img)
+    assert learn._runner.session is not session
+    assert not torch.allclose(after[2], fast[2], atol=1e-4)
+    learn.precision = "fp32"
+    assert torch.allclose(after[2], _torch_predict(learn, img)[2], atol=1e-4)
+
+
+def test_predict_falls_back_to_pytorch_without_onnxruntime(voc, monkeypatch):
+    learn = _learner(voc)
+    real_import = builtins.__import__
+
+    def no_ort(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    labels, mask, probs = learn.predict(voc / "train" / "000002.jpg")
+    assert learn._runner.unavailable == "onnxruntime is not installed"
+    assert probs.shape == (len(learn.dls.vocab),) and mask.dtype == torch.bool
