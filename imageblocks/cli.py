@@ -785,8 +785,14 @@ def check(
     images: Path = ImagesOpt,
     csv: Path | None = typer.Option(None, "--csv", help="Check only the images this CSV names."),
     fname_col: str = FnameColOpt,
+    point_cols: str | None = PointColsOpt,
+    label_col: str = LabelColOpt,
+    model: Path | None = typer.Option(
+        None, "--model", help="Also check the CSV's labels against this model's classes."
+    ),
 ) -> None:
-    """Open every image once and list the missing or unreadable ones (exit code 1 if any)."""
+    """Scan a dataset once and list every problem item with its reason (exit code 1 if any):
+    missing or unreadable images, bad points, labels a model does not know."""
     with _user_errors():
         from imageblocks.data.sources import get_image_files
         from imageblocks.errors import ItemError
@@ -795,24 +801,26 @@ def check(
         if not images.is_dir():
             raise CliError(f"images folder not found: {images}")
         if csv is not None:
-            from imageblocks.csv_data import read_csv, require_columns
+            from imageblocks.csv_data import check_csv, read_csv
 
-            df = read_csv(csv)
-            require_columns(df, csv, {"file name": fname_col})
-            files = [images / name for name in df[fname_col].astype(str)]
+            cols = [c.strip() for c in point_cols.split(",") if c.strip()] if point_cols else None
+            vocab = [str(v) for v in _load(model).dls.vocab] if model is not None else None
+            n = len(read_csv(csv))
+            bad = check_csv(
+                csv, images, fname_col=fname_col, point_cols=cols,
+                label_col=label_col if vocab is not None else None, vocab=vocab,
+            )  # fmt: skip
         else:
             files = list(get_image_files(images))
-        bad = []
-        for f in files:
-            try:
-                decode_image(f, draft=(64, 64))
-            except ItemError as e:
-                bad.append((f, _one_line(e)))
+            n, bad = len(files), []
+            for f in files:
+                try:
+                    decode_image(f, draft=(64, 64))
+                except ItemError as e:
+                    bad.append((f, str(e)))
     for f, reason in bad:
-        typer.echo(f"{f}: {reason}")
-    typer.echo(
-        f"checked {len(files)} images: {len(bad) or 'no'} problem{'s' if len(bad) != 1 else ''}"
-    )
+        typer.echo(f"{f}: {_one_line(reason)}")
+    typer.echo(f"checked {n} images: {len(bad) or 'no'} problem{'s' if len(bad) != 1 else ''}")
     if bad:
         raise typer.Exit(1)
 

@@ -228,6 +228,21 @@ def test_check_lists_unreadable_images(data, tmp_path):
     assert "checked 3 images: 2 problems" in result.stdout
 
 
+def test_check_lists_bad_points_and_unknown_labels_in_one_scan(multilabel_model, data, tmp_path):
+    (tmp_path / "p.csv").write_text("fname,x,y\n000.png,10,12\n001.png,nan,3\n002.png,400,5\n")
+    result = invoke("check", "--images", data / "images", "--csv", tmp_path / "p.csv")
+    assert result.exit_code == 1
+    assert "001.png: " in result.stdout and "002.png: " in result.stdout
+    assert "000.png" not in result.stdout and "checked 3 images: 2 problems" in result.stdout
+
+    (tmp_path / "l.csv").write_text("fname,labels\n000.png,square\n001.png,unicorn\n")
+    model, _ = multilabel_model
+    args = ("--images", data / "images", "--csv", tmp_path / "l.csv", "--model", model)
+    result = invoke("check", *args)
+    assert result.exit_code == 1 and "001.png: " in result.stdout and "unicorn" in result.stdout
+    assert "checked 2 images: 1 problem" in result.stdout
+
+
 def _assert_clean_error(result, *fragments: str) -> None:
     assert result.exit_code == 1, result.output
     message = result.stderr.strip()
