@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +23,9 @@ def _listify(o: Any) -> list:
     if isinstance(o, (list, tuple)):
         return list(o)
     return [o]
+
+
+DEFAULT_CACHE_MB = 256  # per loading process: the demo datasets fit, real VOC mostly does
 
 
 class DataBlock:
@@ -145,16 +149,23 @@ class DataBlock:
         shuffle: bool = True,
         num_workers: int | None = None,
         device: torch.device | str | None = None,
+        cache_mb: float | None = None,
         **kwargs: Any,
     ) -> DataLoaders:
-        """`DataLoaders` for existing `Datasets`."""
+        """`DataLoaders` for existing `Datasets`; each loading process keeps up to `cache_mb`
+        of decoded images for the next epochs (default `$IMAGEBLOCKS_CACHE_MB` or 256; 0: off)."""
         device = torch.device(device) if device is not None else default_device()
         workers = default_workers() if num_workers is None else num_workers
         draft = self.draft_size()
         kinds = dsets.kinds
+        if cache_mb is None:
+            cache_mb = float(os.environ.get("IMAGEBLOCKS_CACHE_MB", DEFAULT_CACHE_MB))
+        cache_bytes = int(cache_mb * 2**20)
 
         def make(idxs: Sequence[int], train: bool, batch: int) -> DataLoader:
-            ds = LoaderItems(dsets, idxs, self.item_tfms, train=train, draft=draft)
+            ds = LoaderItems(
+                dsets, idxs, self.item_tfms, train=train, draft=draft, cache_bytes=cache_bytes
+            )
             return DataLoader(
                 ds,
                 bs=batch,

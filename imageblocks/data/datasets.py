@@ -231,6 +231,11 @@ class LoaderItems(torch.utils.data.Dataset):
 
     This is the hot path run in worker processes: JPEG draft decoding to the size the item or
     batch transforms will produce, points scaled to [-1, 1], item transforms, numpy out.
+
+    With `cache_bytes`, each process keeps what it loaded for the next epochs, up to that many
+    bytes: for training the decoded (draft-size) images, which random item transforms then crop
+    differently every epoch; for validation, whose transforms are fixed, the finished samples.
+    Files are read and decoded once instead of once per epoch.
     """
 
     def __init__(
@@ -240,30 +245,52 @@ class LoaderItems(torch.utils.data.Dataset):
         item_tfms: Sequence[ItemTransform] = (),
         train: bool = False,
         draft: tuple[int, int] | None = None,
+        cache_bytes: int = 0,
     ):
         self.dsets, self.idxs = dsets, list(idxs)
         self.item_tfms = sorted(item_tfms, key=lambda t: getattr(t, "order", 0))
         self.train, self.draft = train, draft
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, Any] = {}
+        self._cached = 0
+
+    def _remember(self, i: int, value: Any, nbytes: int) -> None:
+        if self._cached + nbytes <= self.cache_bytes:
+            self._cache[i] = value
+            self._cached += nbytes
 
     def __len__(self) -> int:
         return len(self.idxs)
 
     def __getitem__(self, i: int) -> tuple:
+        if not self.train and i in self._cache:
+            return self._cache[i]
         item = self.dsets.items[self.idxs[i]]
         try:
-            return self._load(item)
+            out = self._load(item, i)
         except (ItemError, KeyError) as e:
             err = item_error(item, e)
             if err is e:
                 raise
             raise err from None
+        if not self.train and self.cache_bytes:
+            self._remember(i, out, sum(getattr(o, "nbytes", 64) for o in out))
+        return out
 
-    def _load(self, item: Any) -> tuple:
+    def _decode(self, p: Pipeline, item: Any, i: int | None) -> tuple:
+        if self.train and i in self._cache:
+            return self._cache[i]
+        img, size = decode_image(p.get(item), draft=self.draft)
+        if self.train and self.cache_bytes and i is not None:
+            self._remember(i, (img, size), img.width * img.height * len(img.getbands()))
+        return img, size
+
+    def _load(self, item: Any, i: int | None = None) -> tuple:
         outs: list[Any] = []
         img, size, pts_at = None, None, []
         for p in self.dsets.pipelines:
             if p.kind == "image":
-                img, size = decode_image(p.get(item), draft=self.draft)
+                img, size = self._decode(p, item, i)
                 outs.append(None)
             elif p.kind == "points":
                 pts_at.append(len(outs))
