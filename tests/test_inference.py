@@ -10,6 +10,7 @@ import torch
 from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock
 from imageblocks.data.splitters import ColSplitter
+from imageblocks.image import PILImage
 from imageblocks.learn.learner import vision_learner
 from imageblocks.seeding import set_seed
 from imageblocks.transforms.item import Resize
@@ -67,3 +68,18 @@ def test_predict_falls_back_to_pytorch_without_onnxruntime(voc, monkeypatch):
     labels, mask, probs = learn.predict(voc / "train" / "000002.jpg")
     assert learn._runner.unavailable == "onnxruntime is not installed"
     assert probs.shape == (len(learn.dls.vocab),) and mask.dtype == torch.bool
+
+
+def test_predict_batch_gives_predict_for_each_image(voc):
+    learn = _learner(voc)
+    learn.precision = "fp32"
+    learn.fast_predict = False  # both through PyTorch in fp32: the same numbers
+    imgs = [voc / "train" / f for f in ("000001.jpg", "000002.jpg", "000003.jpg")]
+    imgs.append(PILImage.create(imgs[0]))
+    batch = learn.predict_batch(imgs, bs=3)
+    assert len(batch) == 4
+    for img, (labels, mask, probs) in zip(imgs, batch):
+        one = learn.predict(img)
+        assert torch.allclose(probs, one[2], atol=1e-4)
+        assert list(labels) == list(one[0]) and torch.equal(mask, one[1])
+    assert learn.predict_batch([]) == []

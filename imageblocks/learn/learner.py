@@ -590,6 +590,18 @@ class Learner:
                 raw = self.model(*xs).float()
         with one_thread():
             preds = getattr(self.loss_func, "activation", lambda x: x)(raw)[0].cpu()
+        return self._prediction(item, preds)
+
+    def predict_batch(self, items: Sequence[Any], bs: int | None = None) -> list[tuple]:
+        """`predict` for many images (paths, bytes, PIL images, arrays), batched: a list of its results."""
+        items = list(items)
+        if not items:
+            return []
+        preds, _ = self.get_preds(dl=self.dls.test_dl(items, bs=bs))
+        return [self._prediction(item, p.reshape(-1).cpu()) for item, p in zip(items, preds)]
+
+    def _prediction(self, item: Any, preds: torch.Tensor) -> tuple:
+        """One item's activated predictions as `predict` returns them."""
         target = self.dls.block_info.get("target_block")
         vocab = getattr(target, "vocab", None)
         if getattr(target, "kind", None) == "points":
