@@ -61,7 +61,7 @@ def main(pascal: str, biwi: str, workers: int, bs: int, epochs: int) -> None:
     dls = dblock.dataloaders(df, bs=bs, num_workers=workers, device="cpu")
     out = {
         "multilabel": epoch_rate(dls.train, epochs),
-        "multilabel_valid": epoch_rate(dls.valid, 1),
+        "multilabel_valid": epoch_rate(dls.valid, epochs),
     }
 
     bpath = Path(biwi)
@@ -85,7 +85,7 @@ def main(pascal: str, biwi: str, workers: int, bs: int, epochs: int) -> None:
     )
     dls = biwi_block.dataloaders(bpath, bs=bs, num_workers=workers, device="cpu")
     out["points"] = epoch_rate(dls.train, epochs)
-    out["points_valid"] = epoch_rate(dls.valid, 1)
+    out["points_valid"] = epoch_rate(dls.valid, epochs)
     print(json.dumps(out))
 
 
