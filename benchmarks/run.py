@@ -156,14 +156,9 @@ def measure_inference(learn: Any, files: list, n_predict: int) -> dict[str, floa
 def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     """Run both recipes with imageblocks; the same measurements as fastai_run.py."""
     import numpy as np
-    import pandas as pd
     import torch
 
     import imageblocks
-    from imageblocks.data.sources import get_image_files
-    from imageblocks.demo_recipes import multilabel_block, points_block
-    from imageblocks.learn.learner import vision_learner
-    from imageblocks.learn.metrics import accuracy_multi
 
     torch.manual_seed(0)
     random.seed(0)
@@ -183,6 +178,24 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     }
     opts = {"precision": args.precision, "channels_last": args.channels_last}
     pascal, biwi = Path(args.pascal), Path(args.biwi)
+
+    if "multilabel" in args.recipes:
+        multilabel_side(args, result, pascal, opts)
+    if "points" in args.recipes:
+        points_side(args, result, biwi, opts)
+    result["memory_mb"] = peak_memory_mb(args.device)
+    return result
+
+
+def multilabel_side(
+    args: argparse.Namespace, result: dict[str, Any], pascal: Path, opts: dict[str, Any]
+) -> None:
+    """The PASCAL recipe: loader, fine_tune, quality, predict latency and batch inference."""
+    import pandas as pd
+
+    from imageblocks.demo_recipes import multilabel_block
+    from imageblocks.learn.learner import vision_learner
+    from imageblocks.learn.metrics import accuracy_multi
 
     log("== multi-label")
     df = pd.read_csv(pascal / "train.csv")
@@ -211,6 +224,15 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     files = [pascal / "train" / f for f in df[df["is_valid"]]["fname"]]
     result["predict"] = measure_inference(learn, files, 10 if args.quick else 20)
     log("predict", result["predict"])
+
+
+def points_side(
+    args: argparse.Namespace, result: dict[str, Any], biwi: Path, opts: dict[str, Any]
+) -> None:
+    """The BIWI recipe: loader, lr_find, fine_tune and quality."""
+    from imageblocks.data.sources import get_image_files
+    from imageblocks.demo_recipes import points_block
+    from imageblocks.learn.learner import vision_learner
 
     log("== key points")
     block = points_block(biwi)
@@ -242,8 +264,6 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     out["pixel_error"] = round(pixel_error(preds.cpu(), targs.cpu()), 3)
     result["points"] = out
     log("points", {k: v for k, v in out.items() if k != "history"})
-    result["memory_mb"] = peak_memory_mb(args.device)
-    return result
 
 
 def machine_name(device: str) -> str:
@@ -327,6 +347,13 @@ def main() -> None:
         "--fastai-result",
         help="reuse fastai's side from this JSON (written by an earlier run on this machine)",
     )
+    ap.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=["multilabel", "points"],
+        default=["multilabel", "points"],
+        help="imageblocks' side: run only these recipes (multilabel includes predict)",
+    )
     ap.add_argument("--side", choices=["imageblocks", "fastai", "both"], default="both")
     ap.add_argument("--pascal")
     ap.add_argument("--biwi")
@@ -359,6 +386,8 @@ def main() -> None:
                 "--precision",
                 args.precision,
                 "--channels-last" if args.channels_last else "--no-channels-last",
+                "--recipes",
+                *args.recipes,
             ]
             cmd = [
                 sys.executable,
