@@ -232,6 +232,7 @@ def test_build_script_fails_naming_the_cell(tmp_path, cell, message):
 def load_build_module():
     spec = importlib.util.spec_from_file_location("docs_build", BUILD)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it is created
     spec.loader.exec_module(module)
     return module
 
