@@ -65,3 +65,20 @@ def biwi(tmp_path) -> Path:
             rot = "1 0 0 \n0 1 0 \n0 0 1 \n"
             (d / f"frame_{f:05d}_pose.txt").write_text(rot + f"{x} {y} {z} \n")
     return Path(tmp_path)
+
+
+def voc_block(voc: Path, item_tfms) -> tuple[pd.DataFrame, object]:
+    """The `voc` fixture's train.csv and the book's multi-label DataBlock over it."""
+    from imageblocks.data.block import DataBlock
+    from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock
+    from imageblocks.data.splitters import ColSplitter
+
+    df = pd.read_csv(voc / "train.csv", keep_default_na=False)
+    dblock = DataBlock(
+        blocks=(ImageBlock, MultiCategoryBlock),
+        splitter=ColSplitter(),
+        get_x=lambda r: voc / "train" / r["fname"],
+        get_y=lambda r: r["labels"].split(" "),
+        item_tfms=item_tfms,
+    )
+    return df, dblock

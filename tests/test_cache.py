@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 
-from imageblocks.data.block import DataBlock
-from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock
-from imageblocks.data.splitters import ColSplitter
 from imageblocks.errors import ItemError
 from imageblocks.seeding import set_seed
 from imageblocks.transforms.item import RandomResizedCrop
+from tests.conftest import voc_block
 
 
 def _dls(voc, cache_mb):
     set_seed(0)
-    df = pd.read_csv(voc / "train.csv", keep_default_na=False)
-    dblock = DataBlock(
-        blocks=(ImageBlock, MultiCategoryBlock),
-        splitter=ColSplitter(),
-        get_x=lambda r: voc / "train" / r["fname"],
-        get_y=lambda r: r["labels"].split(" "),
-        item_tfms=RandomResizedCrop(32, min_scale=0.3),
-    )
+    df, dblock = voc_block(voc, RandomResizedCrop(32, min_scale=0.3))
     return dblock.dataloaders(df, bs=4, num_workers=0, shuffle=False, cache_mb=cache_mb)
 
 

@@ -12,28 +12,17 @@ import time
 import pytest
 import torch
 
-from imageblocks.data.block import DataBlock
-from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock
-from imageblocks.data.splitters import ColSplitter
 from imageblocks.learn.callbacks import Callback
 from imageblocks.learn.checkpoint import CheckpointError, load_checkpoint
 from imageblocks.learn.learner import vision_learner
 from imageblocks.seeding import set_seed
 from imageblocks.transforms.item import RandomResizedCrop
+from tests.conftest import voc_block
 
 
 def _learner(voc, seed: int = 0):
-    import pandas as pd
-
     set_seed(seed)
-    df = pd.read_csv(voc / "train.csv", keep_default_na=False)
-    dblock = DataBlock(
-        blocks=(ImageBlock, MultiCategoryBlock),
-        splitter=ColSplitter(),
-        get_x=lambda r: voc / "train" / r["fname"],
-        get_y=lambda r: r["labels"].split(" "),
-        item_tfms=RandomResizedCrop(32, min_scale=0.5),
-    )
+    df, dblock = voc_block(voc, RandomResizedCrop(32, min_scale=0.5))
     dls = dblock.dataloaders(df, bs=4, num_workers=0)
     return vision_learner(dls, "efficientnet_lite0")
 

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import builtins
 
-import pandas as pd
 import torch
 
-from imageblocks.data.block import DataBlock
-from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock
-from imageblocks.data.splitters import ColSplitter
 from imageblocks.image import PILImage
 from imageblocks.learn.learner import vision_learner
 from imageblocks.seeding import set_seed
 from imageblocks.transforms.item import Resize
+from tests.conftest import voc_block
 
 
 def _learner(voc):
     set_seed(0)
-    df = pd.read_csv(voc / "train.csv", keep_default_na=False)
-    dblock = DataBlock(
-        blocks=(ImageBlock, MultiCategoryBlock),
-        splitter=ColSplitter(),
-        get_x=lambda r: voc / "train" / r["fname"],
-        get_y=lambda r: r["labels"].split(" "),
-        item_tfms=Resize(64),
-    )
+    df, dblock = voc_block(voc, Resize(64))
     return vision_learner(dblock.dataloaders(df, bs=4, num_workers=0), "efficientnet_lite0")
 
 
