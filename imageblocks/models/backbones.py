@@ -24,6 +24,7 @@ from timm.models import get_pretrained_cfg, group_parameters
 from torch import nn
 
 from imageblocks.models.head import create_head
+from imageblocks.models.same_conv import use_same_conv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -317,6 +318,7 @@ def create_body(
             raise ValueError("weights= was given with pretrained=False; drop one of them.")
         model = timm.create_model(spec.timm_name, num_classes=0, global_pool="", in_chans=n_in)
         source = None
+    use_same_conv(model)  # TF-padded convolutions without the per-batch pad copy
     cfg = model.pretrained_cfg
     # Measured, not read from `num_features`: some timm heads (MobileNetV3's conv_head) keep
     # layers that also run on unpooled maps and change the channel count.
