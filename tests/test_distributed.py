@@ -70,7 +70,8 @@ def test_torchrun_two_processes_train_and_rank_0_writes(voc, tmp_path):
          "--images", str(voc / "train")],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["loss"] == pytest.approx(metrics["valid_loss"], abs=2e-3)
+    # and with rank 0's batch-norm statistics, the ones it saved: the same loss to rounding
+    assert json.loads(res.output)["loss"] == pytest.approx(metrics["valid_loss"], abs=1e-4)
 
     single = _train(voc, tmp_path / "one", torchrun=False)
     assert single.returncode == 0, single.stderr[-3000:]

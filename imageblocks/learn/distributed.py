@@ -108,3 +108,15 @@ def gather(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
     chunks = [torch.empty_like(t) for _ in range(world_size())]
     dist.all_gather(chunks, t.contiguous())
     return unshard(chunks, n)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (batch-norm running statistics).
+
+    DDP broadcasts them before each training forward, but that forward then updates each copy
+    with its own shard's batch: without this, ranks would validate with slightly different
+    statistics from the model that rank 0 saves."""
+    if not active():
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)

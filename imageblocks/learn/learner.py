@@ -533,6 +533,7 @@ class Learner:
                 "give the splitter some validation items, or pass dl="
             )
         self.model.eval()
+        distributed.sync_buffers(self.model)
         preds, targs, inputs = [], [], []
         for b in dl:
             xs, ys = self._split_batch(b)
