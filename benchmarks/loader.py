@@ -5,7 +5,7 @@ recipe (RandomResizedCrop(128, min_scale=0.35), bs 64) and BIWI recipe (aug_tran
 (240, 320)) + Normalize), on the demo datasets, on the CPU. Writes
 benchmarks/results/loader-<machine>.json and .md.
 
-    make bench-loader            # or: .venv/bin/python benchmarks/loader.py [--epochs 2]
+    make bench-loader            # or: .venv/bin/python benchmarks/loader.py [--epochs 5]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument(
-        "--epochs", type=int, default=3, help="passes timed over each loader (the first is cold)"
+        "--epochs", type=int, default=5, help="passes timed over each loader (the first is cold)"
     )
     args = ap.parse_args()
     pascal, biwi = untar_data(URLs.DEMO_MULTILABEL), untar_data(URLs.DEMO_POINTS)
