@@ -14,8 +14,8 @@ GLIBC = bool(getattr(os, "confstr_names", {}).get("CS_GNU_LIBC_VERSION")) and bo
     os.confstr("CS_GNU_LIBC_VERSION")
 )
 
-# A batch pipeline's pattern: each step makes and frees a few 59 MB float batches. Prints the
-# page faults of five steps after five of warm-up.
+# A batch pipeline's pattern: each step makes and frees three 59 MB float batches. Prints the
+# page faults of ten steps after five of warm-up.
 FAULTS = """
 import resource, imageblocks, torch, os
 print(os.environ.get("OMP_WAIT_POLICY"))
@@ -26,7 +26,7 @@ def step():
 for _ in range(5):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(10):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -49,8 +49,9 @@ def test_freed_batches_are_reused_without_page_faults_and_the_opt_out_restores_t
     assert policy == "PASSIVE"
     _, default = _run(IMAGEBLOCKS_KEEP_MEMORY="0")
     pages = 16 * 3 * 480 * 640 * 4 // os.sysconf("SC_PAGE_SIZE")  # one float batch
-    assert kept < pages // 10  # the freed batches' memory was reused as it was
-    assert default > 5 * pages  # glibc's default: fresh mappings, every page faulted again
+    # kept: the freed batches' memory is reused (the heap may still grow once as it settles)
+    assert kept < 3 * pages
+    assert default > 20 * pages  # glibc's default: 30 fresh mappings, every page faulted again
 
 
 def test_the_user_s_own_settings_win(monkeypatch):
