@@ -5,7 +5,7 @@ recipe (RandomResizedCrop(128, min_scale=0.35), bs 64) and BIWI recipe (aug_tran
 (240, 320)) + Normalize), on the demo datasets, on the CPU. Writes
 benchmarks/results/loader-<machine>.json and .md.
 
-    make bench-loader            # or: .venv/bin/python benchmarks/loader.py [--epochs 5]
+    make bench-loader            # or: .venv/bin/python benchmarks/loader.py [--epochs 3]
 """
 
 from __future__ import annotations

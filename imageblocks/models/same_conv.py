@@ -15,18 +15,17 @@ strided depthwise ones compute in float32 and hand bfloat16 back.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from timm.layers import Conv2dSame
 from timm.layers.conv2d_same import conv2d_same
+from timm.layers.padding import get_same_padding
 from torch import nn
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF "same" padding (before, after) of one dimension: after is before or before + 1."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    total = get_same_padding(size, kernel, stride, dilation)
     return total // 2, total - total // 2
 
 
@@ -76,10 +75,9 @@ class SameConv2d(nn.Conv2d):
     ) -> torch.Tensor:
         args = (self.stride, padding, self.dilation, self.groups)
         if self._fp32_backward(x):
-            dtype = _compute_dtype(x)
             with torch.autocast("cpu", enabled=False):
                 bias = None if self.bias is None else self.bias.float()
-                return F.conv2d(x.float(), weight.float(), bias, *args).to(dtype)
+                return F.conv2d(x.float(), weight.float(), bias, *args).to(torch.bfloat16)
         return F.conv2d(x, weight, self.bias, *args)
 
 
