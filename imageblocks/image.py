@@ -10,9 +10,18 @@ decodes at 1/8 scale (1500x1125, about 5 MB) without a warning; decoded at full 
 or a PNG, which cannot be DCT-scaled) it gets Pillow's warning, and above twice the limit an
 `ItemError` that says what to do.
 
+Formats: only those Pillow decodes by itself (`IMAGE_FORMATS`: JPEG, PNG, GIF, BMP, TIFF, WebP,
+PPM, ...). A file in any other format, whatever its name, is "Not a readable image": an EPS or PDF
+named `photo.jpg` never reaches a plugin that starts an outside program (Ghostscript).
+
+Orientation: one rule for every format and every path (training, predict, the service). The EXIF
+orientation is read from the header (`_orientation`), the pixels are turned to the displayed
+frame, and the full size reported is the displayed one (orientations 5-8 swap it). `probe_image`
+reads the same header, and nothing else, to give a file's format and displayed size.
+
 Bad files raise `ItemError` naming the file: missing, unreadable, not an image, truncated or
 corrupt (recoverable JPEG damage is decoded as libjpeg recovers it, as in every Pillow-based
-loader). Any mode (grayscale, palette, alpha, CMYK, 16-bit) becomes RGB; EXIF rotation is applied.
+loader). Any mode (grayscale, palette, alpha, CMYK, 16-bit) becomes RGB.
 """
 
 from __future__ import annotations
@@ -22,11 +31,12 @@ import os
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from imageblocks.errors import ItemError
 
@@ -37,8 +47,46 @@ except (
 ):  # pragma: no cover - simplejpeg is a dependency; Pillow still decodes everything
     simplejpeg = None
 
+IMAGE_FORMATS: tuple[str, ...] = (
+    "JPEG",
+    "PNG",
+    "WEBP",
+    "GIF",
+    "BMP",
+    "DIB",
+    "TIFF",
+    "PPM",
+    "TGA",
+    "ICO",
+)
+"""Pillow formats decoded, all by self-contained decoders: none runs another program (EPS does)."""
+
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 or 270 degrees
+_TURN = {  # EXIF orientation -> the transpose that shows the stored pixels as a viewer does
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_XMP_NAMESPACE = b"http://ns.adobe.com/xap/1.0/"  # XMP may carry the orientation too (tiff:)
+
+
+class ImageTooLarge(ItemError):
+    """An image whose pixel count is over Pillow's decompression-bomb limit."""
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """An image file's format and displayed size (EXIF orientation applied), from its header."""
+
+    format: str
+    width: int
+    height: int
+    orientation: int
 
 
 class PILImage(Image.Image):
@@ -111,8 +159,8 @@ def _scaled_size(w: int, h: int, draft: tuple[int, int] | None) -> tuple[int, in
     return w, h
 
 
-def _too_large(name: str, what: str) -> ItemError:
-    return ItemError(
+def _too_large(name: str, what: str) -> ImageTooLarge:
+    return ImageTooLarge(
         f"Image {name} is too large to decode ({what}; PIL.Image.MAX_IMAGE_PIXELS is "
         f"{Image.MAX_IMAGE_PIXELS}). Downscale the file, or save it as JPEG and add a Resize or "
         "RandomResizedCrop item transform (JPEGs then decode at reduced scale), or raise the "
@@ -140,9 +188,13 @@ def _check_pixels(size: tuple[int, int], name: str) -> None:
 
 
 def _decode_plain_jpeg(data: bytes, draft: tuple[int, int] | None, name: str) -> tuple | None:
-    """libjpeg-turbo through simplejpeg for a JPEG without EXIF in RGB/YCbCr/gray: no Python
-    header parsing, DCT scaling to at least `draft`. None when the general path is needed."""
-    if simplejpeg is None or data[:2] != b"\xff\xd8" or b"Exif\x00" in data[:65536]:
+    """libjpeg-turbo through simplejpeg for a JPEG with no orientation to apply (no EXIF, no XMP)
+    in RGB/YCbCr/gray: no Python header parsing, DCT scaling to at least `draft`. None when the
+    general path is needed."""
+    head = data[:65536]
+    if simplejpeg is None or data[:2] != b"\xff\xd8" or b"Exif\x00" in head:
+        return None
+    if _XMP_NAMESPACE in head:
         return None
     try:
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -160,18 +212,91 @@ def _decode_plain_jpeg(data: bytes, draft: tuple[int, int] | None, name: str) ->
 
 
 def _open_pil(data: bytes, name: str, draft: tuple[int, int] | None) -> Image.Image:
-    """A lazily decoded Pillow image. A JPEG that will be DCT-scaled (`draft`) skips the
-    open-time size check of `Image.open`, which counts the full size: `_check_pixels` checks the
-    scaled size instead, so a 12000x9000 photo loads for a 128 px crop."""
+    """A lazily decoded Pillow image in one of `IMAGE_FORMATS`. A JPEG that will be DCT-scaled
+    (`draft`) skips the open-time size check of `Image.open`, which counts the full size:
+    `_check_pixels` checks the scaled size instead, so a 12000x9000 photo loads for a 128 px crop."""
     if draft is not None and data[:3] == b"\xff\xd8\xff":
         try:
             return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
         except (SyntaxError, OSError, ValueError, IndexError, struct.error):
             pass  # not a JPEG this parser accepts: let Image.open identify it
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise _too_large(name, str(e).split(",")[0]) from None
+
+
+def _png_exif(data: bytes) -> bytes | None:
+    """The payload of a PNG's eXIf chunk, before or after the pixels, found by walking the chunk
+    headers: nothing is decompressed, the time is bounded by the number of chunks."""
+    pos = 8  # after the signature
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"eXIf":
+            return data[pos + 8 : pos + 8 + length]
+        if kind == b"IEND":
+            return None
+        pos += 12 + length  # length, type, data, CRC
+    return None
+
+
+def _orientation(img: Image.Image, data: bytes | None = None) -> int:
+    """The EXIF orientation (1-8) of an opened image, read from its header in every format (EXIF,
+    then XMP, as Pillow's `getexif` does); 1 when absent or unreadable, as viewers show it.
+
+    `data`, the file's bytes, lets a PNG's eXIf chunk be found without decoding the pixels.
+    """
+    if data is not None and img.format == "PNG" and "exif" not in img.info:
+        # Pillow's PNG `getexif` decodes the whole image to look for an eXIf chunk after the
+        # pixels; the chunk walk answers from the headers (b"": there is none).
+        chunk = _png_exif(data)
+        img.info["exif"] = b"Exif\x00\x00" + chunk if chunk is not None else b""
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, KeyError, TypeError):
+        return 1  # a damaged EXIF block: viewers show the pixels as stored
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _turn(img: Image.Image, orientation: int) -> Image.Image:
+    """`img` as a viewer shows it for its EXIF `orientation`; the result carries no orientation,
+    so turning it again changes nothing."""
+    if orientation not in _TURN:
+        return img
+    out = img.transpose(_TURN[orientation])
+    for key in ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif"):
+        out.info.pop(key, None)
+    return out
+
+
+def _unreadable(name: str) -> ItemError:
+    return ItemError(
+        f"Not a readable image: {name}. The file is not an image, is empty or cut off before its "
+        f"header, or is in a format imageblocks does not decode (it reads "
+        f"{', '.join(IMAGE_FORMATS)}); convert it to JPEG/PNG or remove it "
+        "(`imageblocks check` lists all such files)."
+    )
+
+
+def probe_image(data: bytes, name: str = "<upload>") -> ImageProbe:
+    """The format and displayed size of an encoded image, from its header alone.
+
+    No pixel is decoded, so time and memory stay small whatever the pixel count. The size is the
+    one `decode_image` reports (EXIF orientations 5-8 swap it). Raises `ItemError` ("Not a
+    readable image: NAME ...") for a format outside `IMAGE_FORMATS` or a damaged header, and its
+    subclass `ImageTooLarge` above twice Pillow's decompression-bomb limit.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            orientation = _orientation(img, data)
+            (w, h), fmt = img.size, str(img.format)
+    except Image.DecompressionBombError as e:
+        raise _too_large(name, str(e).split(",")[0]) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error):
+        raise _unreadable(name) from None  # UnidentifiedImageError is an OSError
+    if orientation in _SWAPS_AXES:
+        w, h = h, w
+    return ImageProbe(format=fmt, width=w, height=h, orientation=orientation)
 
 
 def _read(source: str | os.PathLike, name: str) -> bytes:
@@ -195,8 +320,8 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
     The full size is the displayed one: an EXIF rotation by 90 degrees swaps width and height.
     """
     if isinstance(source, Image.Image):
-        img = to_rgb(ImageOps.exif_transpose(source) or source)
-        return img, img.size
+        img = to_rgb(_turn(source, _orientation(source)))
+        return (img.copy() if img is source else img), img.size
     if isinstance(source, torch.Tensor):
         arr = source.detach().cpu()
         if arr.is_floating_point():
@@ -229,26 +354,20 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
         return fast
     try:
         img = _open_pil(data, name, draft)
+        orientation = _orientation(img, data)
         full_w, full_h = img.size
-        if draft is not None and img.format == "JPEG":  # a JPEG's EXIF is in its header: cheap
-            w, h = draft
-            turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES
-            img.draft(img.mode, (h, w) if turned else (w, h))
+        if draft is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
+            w, h = draft  # the draft is in the displayed frame, the DCT scaling in the stored one
+            img.draft(img.mode, (h, w) if orientation in _SWAPS_AXES else (w, h))
             _check_pixels(img.size, name)  # Image.open, skipped, would count the full size
         img.load()
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)  # any format, once decoded
+        img = _turn(img, orientation)
         if orientation in _SWAPS_AXES:
             full_w, full_h = full_h, full_w
-        if orientation != 1:
-            img = ImageOps.exif_transpose(img) or img
     except ItemError:
         raise
     except UnidentifiedImageError:
-        raise ItemError(
-            f"Not a readable image: {name}. The file is not an image, is empty or cut off before "
-            "its header, or is in a format Pillow cannot read; convert it to JPEG/PNG or remove "
-            "it (`imageblocks check` lists all such files)."
-        ) from None
+        raise _unreadable(name) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
         raise ItemError(
             f"Could not decode image {name}: {e}. The file is truncated or corrupt; "
