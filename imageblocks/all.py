@@ -41,13 +41,6 @@ from imageblocks.learn.callbacks import Callback, Recorder
 from imageblocks.learn.checkpoint import CheckpointError, load_checkpoint
 from imageblocks.learn.export import ExportError, load_learner
 from imageblocks.learn.learner import Learner, cnn_learner, vision_learner
-from imageblocks.learn.losses import (
-    BCEWithLogitsLossFlat,
-    CrossEntropyLossFlat,
-    L1LossFlat,
-    MSELossFlat,
-    binary_cross_entropy,
-)
 from imageblocks.learn.lr_find import SuggestedLRs, minimum, slide, steep, valley
 from imageblocks.learn.metrics import (
     APScoreMulti,
@@ -64,6 +57,13 @@ from imageblocks.learn.metrics import (
     rmse,
 )
 from imageblocks.lists import L, first
+from imageblocks.losses import (
+    BCEWithLogitsLossFlat,
+    CrossEntropyLossFlat,
+    L1LossFlat,
+    MSELossFlat,
+    binary_cross_entropy,
+)
 from imageblocks.models.backbones import (
     convnext_tiny,
     create_body,

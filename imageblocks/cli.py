@@ -247,15 +247,6 @@ def points_metrics(learn: Any, dl: Any = None) -> dict[str, Any]:
     return out
 
 
-def _task(learn: Any) -> str:
-    target = learn.dls.block_info.get("target_block")
-    if getattr(target, "kind", None) == "points":
-        return "points"
-    if hasattr(target, "one_hot"):
-        return "multilabel"
-    return "category" if getattr(target, "vocab", None) is not None else "regression"
-
-
 def _thresholds_json(learn: Any) -> dict[str, Any]:
     """The thresholds `predict` uses: one global value, or one per class."""
     vocab = [str(v) for v in learn.dls.vocab]
@@ -325,11 +316,12 @@ def fit_and_export(
 
     Every epoch is checkpointed to `out/checkpoint.pt` (removed once the model is exported);
     `resume` continues a killed run from it, with the learning rate that run used."""
+    from imageblocks.data.blocks import task_of
     from imageblocks.learn import distributed
     from imageblocks.learn.thresholds import tune_thresholds
 
     out.mkdir(parents=True, exist_ok=True)
-    task = _task(learn)
+    task = task_of(learn.dls.target_block)
     checkpoint, run_file = out / CHECKPOINT, out / ".run.json"
     if resume:
         if not checkpoint.is_file():
@@ -812,6 +804,11 @@ def check(
             )  # fmt: skip
         else:
             files = list(get_image_files(images))
+            if not files:
+                raise CliError(
+                    f"no images in {images} or its subfolders (none has an image extension: "
+                    ".jpg, .png, .webp, ...); check the --images folder"
+                )
             n, bad = len(files), []
             for f in files:
                 try:

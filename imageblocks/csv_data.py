@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from imageblocks.data.block import DataBlock
-from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock, split_labels
+from imageblocks.data.blocks import (
+    ImageBlock,
+    MultiCategoryBlock,
+    PointBlock,
+    Task,
+    split_labels,
+    task_of,
+)
 from imageblocks.data.loaders import DataLoader, DataLoaders
 from imageblocks.data.splitters import ColSplitter, RandomSplitter, Splitter
 from imageblocks.paths import Path
@@ -357,15 +364,14 @@ def eval_dataloader(
     num_workers: int | None = 0,
 ) -> DataLoader:
     """Every row of the CSV with its targets, through `learn`'s validation transforms."""
-    target = learn.dls.block_info.get("target_block")
-    kind = getattr(target, "kind", None)
-    vocab = getattr(target, "vocab", None)
+    target = learn.dls.target_block
+    task, vocab = task_of(target), getattr(target, "vocab", None)
     df = read_csv(csv)
     require_columns(df, csv, {"file name": fname_col})
-    if kind == "points":
+    if task is Task.POINTS:
         block: Any = PointBlock()
         get_y: Any = PointsFromCols(point_columns(df, csv, point_cols))
-    elif isinstance(target, MultiCategoryBlock) and vocab is not None:
+    elif task is Task.MULTILABEL and vocab is not None:
         require_columns(df, csv, {"label": label_col})
         known = set(map(str, vocab))
         unknown = sorted({lb for v in df[label_col] for lb in split_labels(v)} - known)
@@ -383,7 +389,7 @@ def eval_dataloader(
         get_x=ImageFromCol(images, fname_col),
         get_y=get_y,
         splitter=_EveryRow(),
-        item_tfms=learn.dls.block_info.get("item_tfms", []),
+        item_tfms=learn.dls.item_tfms,
         batch_tfms=learn.dls.valid.after_batch,
     )
     dls = dblock.dataloaders(

@@ -6,9 +6,17 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+from imageblocks.data.blocks import Task, task_of
+
+
+def _subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """`plt.subplots`, with pyplot imported only when a picture is drawn (not at import)."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
 
 
 def _grid(n: int, nrows: int | None, ncols: int | None, figsize: tuple | None, scale: float = 3.0):
@@ -19,7 +27,7 @@ def _grid(n: int, nrows: int | None, ncols: int | None, figsize: tuple | None, s
     if ncols is None:
         ncols = math.ceil(n / nrows)
     figsize = figsize or (ncols * scale, nrows * scale)
-    fig, axs = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
+    fig, axs = _subplots(nrows, ncols, figsize=figsize, squeeze=False)
     for ax in axs.flat:
         ax.set_axis_off()
     return fig, list(axs.flat)
@@ -44,10 +52,11 @@ def show_points(
 
 
 def _label_text(block: Any, y: torch.Tensor) -> str:
-    vocab = getattr(block, "vocab", None)
-    if vocab is None:
+    """A target's labels as a title: the class, or the classes joined by ';'."""
+    task, vocab = task_of(block), getattr(block, "vocab", None)
+    if vocab is None or task not in (Task.CATEGORY, Task.MULTILABEL):
         return ""
-    if y.ndim == 0 or y.numel() == 1 and y.dtype == torch.long:
+    if task is Task.CATEGORY:
         return str(vocab[int(y)])
     return ";".join(str(v) for v in vocab[y.cpu() > 0.5]) or "(none)"
 
@@ -92,7 +101,7 @@ def plot_function(
 ):
     """Plot `f` between `min` and `max`, as the book does for sigmoid_range."""
     x = torch.linspace(min, max, 100)
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = _subplots(figsize=figsize)
     ax.plot(x.numpy(), np.asarray(f(x)))
     if tx is not None:
         ax.set_xlabel(tx)
@@ -124,8 +133,8 @@ def show_results(
     preds = getattr(learn.loss_func, "activation", lambda x: x)(raw)
     x = dl.decode(b)[0]
     n = min(max_n, len(x)) if nrows is None else min(nrows * (ncols or 1), len(x))
-    target = learn.dls.block_info.get("target_block")
-    if getattr(target, "kind", None) == "points":
+    target = learn.dls.target_block
+    if task_of(target) is Task.POINTS:
         nrows = nrows or math.ceil(n / (ncols or 3))
         fig, axs = _grid(n, nrows, ncols or math.ceil(n / nrows), figsize)
         for i in range(n):

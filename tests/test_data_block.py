@@ -17,7 +17,9 @@ from imageblocks.data.blocks import (
     MultiCategoryBlock,
     PointBlock,
     RegressionBlock,
+    Task,
     TransformBlock,
+    task_of,
 )
 from imageblocks.data.datasets import Datasets
 from imageblocks.data.loaders import DataLoader, DataLoaders
@@ -31,8 +33,11 @@ from imageblocks.data.splitters import (
 from imageblocks.errors import CollateError, ItemError
 from imageblocks.image import PILImage
 from imageblocks.lists import first
+from imageblocks.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat, MSELossFlat
 from imageblocks.paths import Path
+from imageblocks.transforms.batch import Normalize
 from imageblocks.transforms.item import RandomResizedCrop, Resize
+from tests.conftest import voc_block
 
 
 def _getters(path):
@@ -271,3 +276,60 @@ def test_mid_level_api_from_the_book():
 def test_transform_block_default_is_identity():
     assert TransformBlock().encode(3) == 3
     assert partial  # the book's partial is re-exported by all.py (checked in test_all)
+
+
+@pytest.mark.parametrize(
+    "block, task, loss",
+    [
+        (MultiCategoryBlock(), Task.MULTILABEL, BCEWithLogitsLossFlat),
+        (CategoryBlock(), Task.CATEGORY, CrossEntropyLossFlat),
+        (PointBlock(), Task.POINTS, MSELossFlat),
+        (RegressionBlock(), Task.REGRESSION, MSELossFlat),
+    ],
+)
+def test_each_target_block_knows_its_task_and_its_loss(block, task, loss):
+    assert task_of(block) is task and type(block).task is task
+    assert type(block.loss()) is loss
+    assert block.loss() is not block.loss()  # a fresh loss each time: no state shared
+    assert str(task) == f"{task}" == task.value  # the strings config.json already uses
+    assert task_of(type("Custom", (type(block),), {})()) is task  # subclasses inherit it
+
+
+def test_blocks_that_are_no_target_have_no_task_and_no_loss():
+    for block in (None, ImageBlock(), TransformBlock()):
+        assert task_of(block) is None
+    assert ImageBlock().loss() is None and TransformBlock().loss() is None
+    assert [t.value for t in Task] == ["multilabel", "category", "points", "regression"]
+
+
+def test_dataloaders_carry_target_block_transforms_and_outputs(voc):
+    df, dblock = voc_block(voc, Resize(32))
+    dblock.batch_tfms = [Normalize.from_stats([0.5] * 3, [0.25] * 3)]
+    dls = dblock.dataloaders(df, bs=4, num_workers=0, device="cpu")
+    assert isinstance(dls.target_block, MultiCategoryBlock)
+    assert task_of(dls.target_block) is Task.MULTILABEL
+    assert dls.target_block.vocab == dls.vocab and dls.c == len(dls.vocab)
+    assert dls.item_tfms == dblock.item_tfms and dls.batch_tfms == dblock.batch_tfms
+    assert dls.draft == (32, 32)
+    assert repr(dls.loss_func) == "FlattenedLoss of BCEWithLogitsLoss()"
+    assert not hasattr(dls, "block_info")
+
+
+def test_test_dl_uses_the_input_pipeline_and_the_validation_transforms(voc):
+    df, dblock = voc_block(voc, RandomResizedCrop(32, min_scale=0.5))
+    dls = dblock.dataloaders(df, bs=4, num_workers=0, device="cpu")
+    files = [voc / "train" / f for f in df["fname"][:5]]
+    test = dls.test_dl(files)
+    assert test.bs == dls.valid.bs and not test.train and len(test.dataset) == 5
+    (xb,) = test.one_batch()
+    assert xb.shape == (4, 3, 32, 32) and xb.dtype == torch.float32
+    assert torch.equal(xb, test.one_batch()[0])  # validation transforms: no random crop
+    xl, yl = dls.test_dl(df.iloc[:3], bs=2, with_labels=True).one_batch()
+    assert xl.shape == (2, 3, 32, 32) and yl.shape == (2, len(dls.vocab))
+    assert torch.equal(yl, torch.stack([dls.valid.dataset.dsets[i][1] for i in range(2)]))
+
+
+def test_test_dl_needs_dataloaders_built_by_a_datablock():
+    dls = DataLoaders.from_dsets(Datasets(list("abcd")), batch_size=2)
+    with pytest.raises(ValueError, match="built by a DataBlock"):
+        dls.test_dl(["a"])

@@ -9,11 +9,13 @@ import sys
 import pandas as pd
 import pytest
 import torch
+import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from typer.testing import CliRunner
 
 from imageblocks.cli import app
-from imageblocks.learn.distributed import unshard
+from imageblocks.data.loaders import DataLoader, Shard
+from imageblocks.learn.distributed import shard_loader, unshard
 
 
 def test_training_shards_see_each_item_at_most_once_per_epoch():
@@ -38,6 +40,34 @@ def test_gathered_validation_shards_rebuild_the_loader_order():
         s = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False)
         chunks.append(torch.tensor(list(s)))  # padded: every rank holds the same count
     assert unshard(chunks, n).tolist() == list(range(n))
+
+
+def test_a_shard_gives_each_loader_its_share_of_every_epoch():
+    n, world = 23, 2
+    train = [DataLoader(list(range(n)), bs=4, shuffle=True, drop_last=True) for _ in range(world)]
+    for rank, dl in enumerate(train):
+        dl.shard = Shard(rank, world, seed=7)
+    assert [len(dl) for dl in train] == [2, 2]  # 11 items each, the partial batch dropped
+    for _ in range(2):  # a new shuffle every epoch, still disjoint
+        seen = [int(i) for dl in train for b in dl for i in b]
+        assert len(seen) == len(set(seen)) == 16
+    valid = DataLoader(list(range(n)), bs=4, shard=Shard(1, world))
+    assert len(valid) == 3 and [int(i) for b in valid for i in b] == list(range(1, n, 2)) + [0]
+    valid.shard = None  # back to every item, in order
+    assert len(valid) == 6 and [int(i) for b in valid for i in b] == list(range(n))
+    with pytest.raises(ValueError, match="rank 2 is outside"):
+        Shard(2, world)
+
+
+def test_loaders_join_no_process_group(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun, but with no rendezvous to reach
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    dl = DataLoader(list(range(6)), bs=4)
+    assert [len(b) for b in dl] == [4, 2] and not dist.is_initialized()
+    assert shard_loader(dl).shard is None  # no process group: the run has no shard to give
+    dl.shard = Shard(0, 2)
+    assert shard_loader(dl).shard is None and len(dl) == 2
 
 
 def _train(voc, out, torchrun: bool) -> subprocess.CompletedProcess:

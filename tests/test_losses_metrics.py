@@ -9,14 +9,6 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 from torch import nn
 
-from imageblocks.learn.losses import (
-    BCEWithLogitsLossFlat,
-    CrossEntropyLossFlat,
-    L1LossFlat,
-    MSELossFlat,
-    binary_cross_entropy,
-    loss_from_config,
-)
 from imageblocks.learn.metrics import (
     APScoreMulti,
     F1ScoreMulti,
@@ -31,6 +23,14 @@ from imageblocks.learn.metrics import (
     mse,
     pixel_error,
     rmse,
+)
+from imageblocks.losses import (
+    BCEWithLogitsLossFlat,
+    CrossEntropyLossFlat,
+    L1LossFlat,
+    MSELossFlat,
+    binary_cross_entropy,
+    loss_from_config,
 )
 
 

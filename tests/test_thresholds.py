@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from imageblocks.data.block import DataBlock
-from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock
+from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
 from imageblocks.learn.export import load_learner
 from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.metrics import F1ScoreMulti, accuracy_multi
@@ -22,7 +22,7 @@ GRID = torch.linspace(0.05, 0.95, 29)
 def _fake_learner(vocab: list[str], n_valid: int) -> SimpleNamespace:
     """Just what `tune_thresholds` reads when the predictions are passed in."""
     dls = SimpleNamespace(
-        block_info={"target_block": MultiCategoryBlock(vocab=vocab)},
+        target_block=MultiCategoryBlock(vocab=vocab),
         valid=SimpleNamespace(dataset=[None] * n_valid),
     )
     return SimpleNamespace(dls=dls, thresholds=None)
@@ -104,7 +104,7 @@ def test_custom_grid_and_bad_arguments(separable):
         tune_thresholds(learn, grid=[0.0, 1.5], preds=(probs, targs))
     with pytest.raises(ValueError, match="not probabilities"):
         tune_thresholds(learn, preds=(probs * 4 - 2, targs))
-    points = SimpleNamespace(dls=SimpleNamespace(block_info={"target_block": None}))
+    points = SimpleNamespace(dls=SimpleNamespace(target_block=PointBlock()))
     with pytest.raises(ValueError, match="multi-label"):
         tune_thresholds(points)
 

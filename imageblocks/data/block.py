@@ -14,6 +14,7 @@ from imageblocks.data.blocks import TransformBlock, as_block
 from imageblocks.data.datasets import Datasets, LoaderItems, Pipeline, describe_item
 from imageblocks.data.loaders import DataLoader, DataLoaders, default_device, default_workers
 from imageblocks.data.splitters import RandomSplitter
+from imageblocks.data.summary import summarize
 from imageblocks.errors import ItemError
 
 
@@ -179,54 +180,21 @@ class DataBlock:
                 **kwargs,
             )
 
-        def test_dl(
-            items: Sequence[Any], bs: int = 64, with_labels: bool = False, **kw: Any
-        ) -> DataLoader:
-            """Items for inference: only the input pipelines, validation transforms."""
-            test = Datasets(
-                items,
-                splits=(list(range(len(items))), []),
-                n_inp=dsets.n_inp,
-                pipelines=[_inference_pipeline(p) for p in dsets.pipelines[: dsets.n_inp]]
-                if not with_labels
-                else dsets.pipelines,
-                setup=False,  # the training vocab stays: a label outside it is an error
-            )
-            ds = LoaderItems(
-                test, list(range(len(items))), self.item_tfms, train=False, draft=draft
-            )
-            return DataLoader(
-                ds,
-                bs=bs,
-                num_workers=kw.pop("num_workers", 0),
-                device=loaders[1].device,
-                after_batch=loaders[
-                    1
-                ].after_batch,  # what validation does now (Normalize added later too)
-                kinds=test.kinds,
-                train=False,
-                **kw,
-            )
-
         loaders = [make(dsets.splits[0], True, bs), make(dsets.splits[1], False, val_bs or bs)]
         target = dsets.pipelines[-1].block if len(dsets.pipelines) > dsets.n_inp else None
         return DataLoaders(
             *loaders,
             path=path,
             dsets=dsets,
-            block_info={
-                "target_block": target,
-                "c": _n_out(dsets, target),
-                "test_dl": test_dl,
-                "item_tfms": self.item_tfms,
-                "batch_tfms": self.batch_tfms,
-            },
+            target_block=target,
+            c=_n_out(dsets, target),
+            item_tfms=self.item_tfms,
+            batch_tfms=self.batch_tfms,
+            draft=draft,
         )
 
     def summary(self, source: Any, bs: int = 4, show_batch: bool = False, **kwargs: Any) -> None:
         """Print every step for one sample and one batch; explain a collation failure."""
-        from imageblocks.data.summary import summarize
-
         summarize(self, source, bs=bs, show_batch=show_batch, **kwargs)
 
     def check(self, source: Any) -> list[tuple[Any, str]]:
@@ -249,12 +217,6 @@ class DataBlock:
                         reason = f"{describe_item(item)}: {reason}"
                     problems.append((item, reason))
         return problems
-
-
-def _inference_pipeline(p: Pipeline) -> Pipeline:
-    """An input pipeline for raw test items: the image block without the training getter when
-    the items are already paths or images."""
-    return Pipeline([], p.block) if p.kind == "image" else p
 
 
 def _n_out(dsets: Datasets, target: TransformBlock | None) -> int | None:

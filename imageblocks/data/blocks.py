@@ -1,11 +1,14 @@
 """Blocks: what a raw input or target becomes (image, one-hot labels, points, numbers).
 
 A block is a short list of named steps applied after the getter, plus a `kind` that tells the
-loader and the batch transforms how to treat it: "image", "points" or "target".
+loader and the batch transforms how to treat it: "image", "points" or "target". A target block
+also knows its `task` (what a model trained on it does) and its `loss()`; `task_of` is the one
+answer to "which task is this" for the whole package.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -16,6 +19,12 @@ import torch
 from imageblocks.errors import ItemError
 from imageblocks.image import PILImage
 from imageblocks.lists import L
+from imageblocks.losses import (
+    BCEWithLogitsLossFlat,
+    CrossEntropyLossFlat,
+    FlattenedLoss,
+    MSELossFlat,
+)
 
 Step = tuple[str, Callable[[Any], Any]]
 
@@ -48,10 +57,23 @@ def split_labels(value: Any) -> list[str]:
     return [str(v).strip() for v in value if str(v).strip() != ""]
 
 
+class Task(str, enum.Enum):
+    """What a model trained on a target block does; the values are config.json's `task`."""
+
+    MULTILABEL = "multilabel"
+    CATEGORY = "category"
+    POINTS = "points"
+    REGRESSION = "regression"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class TransformBlock:
     """A block of named steps; the default keeps the value as it is."""
 
     kind = "target"
+    task: Task | None = None  # None: not a target a model can be trained on by itself
 
     def __init__(self, type_tfms: Sequence[Callable] | None = None):
         self.type_tfms = list(type_tfms or [])
@@ -73,6 +95,10 @@ class TransformBlock:
         """The value in a human's terms (labels, pixel points)."""
         return value
 
+    def loss(self) -> FlattenedLoss | None:
+        """The loss that fits this block as a target (None: the user must pass one)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -92,6 +118,8 @@ class ImageBlock(TransformBlock):
 
 class CategoryBlock(TransformBlock):
     """A single label out of a vocab (sorted, inferred from the training set unless given)."""
+
+    task = Task.CATEGORY
 
     def __init__(self, vocab: Sequence[str] | None = None, sort: bool = True, add_na: bool = False):
         super().__init__()
@@ -122,9 +150,15 @@ class CategoryBlock(TransformBlock):
     def decode(self, value):
         return self.vocab[int(value)]
 
+    def loss(self) -> CrossEntropyLossFlat:
+        """Cross-entropy: one label per item."""
+        return CrossEntropyLossFlat()
+
 
 class MultiCategoryBlock(TransformBlock):
     """Several labels (or none) out of a sorted vocab, one-hot encoded as floats."""
+
+    task = Task.MULTILABEL
 
     def __init__(
         self, encoded: bool = False, vocab: Sequence[str] | None = None, add_na: bool = False
@@ -176,6 +210,10 @@ class MultiCategoryBlock(TransformBlock):
 
     def decode(self, value):
         return self.vocab[torch.as_tensor(value) > 0.5]
+
+    def loss(self) -> BCEWithLogitsLossFlat:
+        """Binary cross-entropy on logits: each label independent of the others."""
+        return BCEWithLogitsLossFlat()
 
 
 def to_points(value: Any) -> torch.Tensor:
@@ -230,6 +268,7 @@ class PointBlock(TransformBlock):
     """
 
     kind = "points"
+    task = Task.POINTS
 
     def __init__(self, outside: str = "error"):
         super().__init__([to_points])
@@ -240,6 +279,10 @@ class PointBlock(TransformBlock):
     def steps(self):
         return [("TensorPoint.create", to_points)]
 
+    def loss(self) -> MSELossFlat:
+        """Mean squared error of the [-1, 1] coordinates."""
+        return MSELossFlat()
+
 
 def to_float_tensor(value: Any) -> torch.Tensor:
     """A float tensor from numbers."""
@@ -249,12 +292,23 @@ def to_float_tensor(value: Any) -> torch.Tensor:
 class RegressionBlock(TransformBlock):
     """One or more continuous targets, as a float tensor."""
 
+    task = Task.REGRESSION
+
     def __init__(self, n_out: int | None = None):
         super().__init__([to_float_tensor])
         self.n_out = n_out
 
     def steps(self):
         return [("RegressSetup", to_float_tensor)]
+
+    def loss(self) -> MSELossFlat:
+        """Mean squared error."""
+        return MSELossFlat()
+
+
+def task_of(block: TransformBlock | None) -> Task | None:
+    """The task of a target block (None for no block, or one with no task of its own)."""
+    return block.task if isinstance(block, TransformBlock) else None
 
 
 def as_block(b: Any) -> TransformBlock:

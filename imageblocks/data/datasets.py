@@ -109,6 +109,12 @@ class Pipeline:
         return "Pipeline: " + " -> ".join(name for name, _ in self.steps())
 
 
+def inference_pipeline(p: Pipeline) -> Pipeline:
+    """An input pipeline for raw test items: the image block without the training getter when
+    the items are already paths or images."""
+    return Pipeline([], p.block) if p.kind == "image" else p
+
+
 class DatasetSplit(Sequence):
     """One split (train or valid) of a `Datasets`: indexable samples."""
 

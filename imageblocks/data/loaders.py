@@ -2,7 +2,8 @@
 
 Workers decode and collate whole batches (shared memory back to the main process); the main
 process moves each batch to the device (non-blocking from pinned memory on CUDA), turns images
-into floats in [0, 1] and runs the batch transforms there, on plain tensors.
+into floats in [0, 1] and runs the batch transforms there, on plain tensors. Under torchrun a
+loader reads only its process's `Shard`, which the run gives it; the loader joins no process group.
 """
 
 from __future__ import annotations
@@ -10,20 +11,56 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from imageblocks.data.blocks import TransformBlock
+from imageblocks.data.datasets import Datasets, LoaderItems, inference_pipeline
 from imageblocks.errors import CollateError, ItemError
-from imageblocks.learn import distributed
+from imageblocks.launcher import local_device
+from imageblocks.show import show_batch
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The part of every epoch one process of a data-parallel run loads: `rank` of
+    `world_size`, shuffled with the `seed` that every process shares."""
+
+    rank: int
+    world_size: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(
+                f"Shard rank {self.rank} is outside [0, {self.world_size}): "
+                "rank must be at least 0 and below world_size"
+            )
+
+    def length(self, n: int, drop_last: bool) -> int:
+        """How many of `n` items this process gets: an equal share, the rest dropped or padded."""
+        return n // self.world_size if drop_last else -(-n // self.world_size)
+
+    def sampler(self, n: int, shuffle: bool, drop_last: bool) -> torch.utils.data.Sampler:
+        """The indices of this process's share of `n` items (no process group needed)."""
+        return torch.utils.data.DistributedSampler(
+            range(n),
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=self.seed,
+        )
 
 
 def default_device() -> torch.device:
     """CUDA when present (torchrun: this process's GPU), else Apple MPS when present, else CPU."""
     if torch.cuda.is_available():
-        return distributed.local_device() or torch.device("cuda")
+        return local_device() or torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
@@ -130,6 +167,7 @@ class DataLoader:
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
+        shard: Shard | None = None,
     ):
         self.dataset = dataset
         self.bs = int(batch_size if batch_size is not None else bs)
@@ -144,8 +182,9 @@ class DataLoader:
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.prefetch_factor = prefetch_factor
+        self.shard = shard  # None: every item; set by a data-parallel run to its process's share
         self._loader: torch.utils.data.DataLoader | None = None
-        self._loader_world = 1
+        self._loader_shard: Shard | None = None
         self._epoch = 0
 
     @property
@@ -155,18 +194,18 @@ class DataLoader:
 
     def __len__(self) -> int:
         n = len(self.dataset)
-        if distributed.active():  # this process's shard (torchrun)
-            n = distributed.shard_len(n, self.drop_last)
+        if self.shard is not None:
+            n = self.shard.length(n, self.drop_last)
         return n // self.bs if self.drop_last else -(-n // self.bs)
 
     def _torch_loader(self) -> torch.utils.data.DataLoader:
-        distributed.setup()
-        if self._loader is None or self._loader_world != distributed.world_size():
-            self._loader_world = distributed.world_size()
-            sampler = distributed.sampler(len(self.dataset), self.shuffle, self.drop_last)
+        if self._loader is None or self._loader_shard != self.shard:
+            self._loader_shard = self.shard
             extra: dict[str, Any] = {}
-            if sampler is not None:
-                extra["sampler"] = sampler
+            if self.shard is not None:
+                extra["sampler"] = self.shard.sampler(
+                    len(self.dataset), self.shuffle, self.drop_last
+                )
             if self.num_workers > 0:
                 extra.update(
                     worker_init_fn=_worker_init,
@@ -256,26 +295,34 @@ class DataLoader:
         **kwargs: Any,
     ):
         """Show a batch's images with their targets; returns the matplotlib figure."""
-        from imageblocks.show import show_batch
-
         return show_batch(self, b, max_n=max_n, nrows=nrows, ncols=ncols, figsize=figsize, **kwargs)
 
 
 class DataLoaders:
-    """A training and a validation `DataLoader` (and more), plus what the learner needs to know."""
+    """A training and a validation `DataLoader` (and more), plus what the learner needs to know:
+    the target block (task, loss, vocab), the number of model outputs `c`, the item and batch
+    transforms, and, for `test_dl`, the datasets' pipelines and the JPEG draft size."""
 
     def __init__(
         self,
         *loaders: DataLoader,
         path: Any = ".",
         device: torch.device | str | None = None,
-        dsets: Any = None,
-        block_info: dict | None = None,
+        dsets: Datasets | None = None,
+        target_block: TransformBlock | None = None,
+        c: int | None = None,
+        item_tfms: Sequence[Any] = (),
+        batch_tfms: Sequence[Any] = (),
+        draft: tuple[int, int] | None = None,
     ):
         self.loaders = list(loaders)
         self.path = path
         self.dsets = dsets
-        self.block_info = block_info or {}
+        self.target_block = target_block
+        self.c = c
+        self.item_tfms = list(item_tfms)
+        self.batch_tfms = list(batch_tfms)
+        self.draft = draft
         if device is not None:
             for dl in self.loaders:
                 dl.to(device)
@@ -292,8 +339,6 @@ class DataLoaders:
         **kwargs: Any,
     ) -> DataLoaders:
         """Loaders from datasets: the first is shuffled for training; a `Datasets` gives both splits."""
-        from imageblocks.data.datasets import Datasets
-
         bs = batch_size if batch_size is not None else bs
         if len(dsets) == 1 and isinstance(dsets[0], Datasets):
             ds = dsets[0]
@@ -350,11 +395,6 @@ class DataLoaders:
         return self.dsets.vocab if self.dsets is not None else None
 
     @property
-    def c(self) -> int | None:
-        """How many outputs the model needs: the number of classes, or of point coordinates."""
-        return self.block_info.get("c")
-
-    @property
     def n_inp(self) -> int:
         """How many elements of a batch are inputs."""
         return self.dsets.n_inp if self.dsets is not None else 1
@@ -362,9 +402,7 @@ class DataLoaders:
     @property
     def loss_func(self) -> Any:
         """The loss that fits the target block (BCE for multi-label, CE, MSE for points)."""
-        from imageblocks.learn.losses import loss_for_block
-
-        return loss_for_block(self.block_info.get("target_block"))
+        return self.target_block.loss() if self.target_block is not None else None
 
     def one_batch(self) -> Any:
         """The first training batch."""
@@ -374,9 +412,37 @@ class DataLoaders:
         """Show a training batch."""
         return self.train.show_batch(*args, **kwargs)
 
-    def test_dl(self, items: Sequence[Any], bs: int | None = None, **kwargs: Any) -> DataLoader:
-        """A loader for new items (paths, images) with the validation transforms."""
-        make = self.block_info.get("test_dl")
-        if make is None:
-            raise ValueError("test_dl needs DataLoaders built by a DataBlock")
-        return make(items, bs=bs or self.valid.bs, **kwargs)
+    def test_dl(
+        self,
+        items: Sequence[Any],
+        bs: int | None = None,
+        with_labels: bool = False,
+        **kwargs: Any,
+    ) -> DataLoader:
+        """A loader for new items (paths, images) with the validation transforms: only the
+        input pipelines, unless `with_labels` (then the training vocab judges the labels)."""
+        if self.dsets is None:
+            raise ValueError(
+                "test_dl needs the input pipelines of DataLoaders built by a DataBlock: build "
+                "them with DataBlock(...).dataloaders(source), or load_learner(folder)"
+            )
+        dsets, n = self.dsets, len(items)
+        pipelines = dsets.pipelines if with_labels else dsets.pipelines[: dsets.n_inp]
+        test = Datasets(
+            items,
+            splits=(list(range(n)), []),
+            n_inp=dsets.n_inp,
+            pipelines=pipelines if with_labels else [inference_pipeline(p) for p in pipelines],
+            setup=False,  # the training vocab stays: a label outside it is an error
+        )
+        ds = LoaderItems(test, list(range(n)), self.item_tfms, train=False, draft=self.draft)
+        return DataLoader(
+            ds,
+            bs=bs or self.valid.bs,
+            num_workers=kwargs.pop("num_workers", 0),
+            device=self.valid.device,
+            after_batch=self.valid.after_batch,  # what validation does now (Normalize added too)
+            kinds=test.kinds,
+            train=False,
+            **kwargs,
+        )

@@ -2,26 +2,24 @@
 
 Launch any training script or the CLI with `torchrun --nproc_per_node=N ...`: the Learner sees
 torchrun's environment (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`), joins the process group (NCCL on
-CUDA, gloo on CPU), wraps its model in `DistributedDataParallel` for the training steps, and the
-loaders shard every epoch with `DistributedSampler`. Training shards drop the last few items so
-that every process takes the same number of steps and each item is seen at most once per epoch;
-validation shards are padded by the sampler and the padding removed when predictions are
+CUDA, gloo on CPU), wraps its model in `DistributedDataParallel` for the training steps, and
+gives each loader it iterates this process's `Shard` (`shard_loader`): the loaders then sample
+every epoch through `DistributedSampler`, and know no process group. Training shards drop the
+last few items so that every process takes the same number of steps and each item is seen at
+most once per epoch; validation shards are padded by the sampler and the padding removed when predictions are
 gathered, so every process computes metrics on exactly the whole validation set. Only rank 0
 prints the epoch table and writes files (checkpoints, exports, the CLI's outputs).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 
-
-def launched() -> bool:
-    """True inside a process started by torchrun (or another launcher) with WORLD_SIZE > 1."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+from imageblocks.data.loaders import DataLoader, Shard
+from imageblocks.launcher import launched, local_device
 
 
 def active() -> bool:
@@ -44,13 +42,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def local_device() -> torch.device | None:
-    """`cuda:LOCAL_RANK` when launched on a machine with GPUs, else None."""
-    if launched() and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return None
-
-
 def setup() -> bool:
     """Join the launcher's process group when launched and not yet joined; True if distributed."""
     if launched() and dist.is_available() and not dist.is_initialized():
@@ -67,22 +58,26 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def sampler(n: int, shuffle: bool, drop_last: bool) -> torch.utils.data.DistributedSampler | None:
-    """This process's shard of `n` items, or None when not distributed; the shuffling seed is
-    drawn from torch's generator on rank 0 (so `set_seed` decides it) and shared."""
+def shard() -> Shard | None:
+    """This process's share of every loader, or None when not distributed; the shuffling seed
+    is drawn from torch's generator on rank 0 (so `set_seed` decides it) and shared."""
     if not active():
         return None
     seed = [int(torch.randint(0, 2**31 - 1, ()))]
     dist.broadcast_object_list(seed, src=0)
-    return torch.utils.data.DistributedSampler(
-        range(n), shuffle=shuffle, drop_last=drop_last, seed=seed[0]
-    )
+    return Shard(rank=rank(), world_size=world_size(), seed=seed[0])
 
 
-def shard_len(n: int, drop_last: bool) -> int:
-    """How many of `n` items each process gets (see `sampler`)."""
-    w = world_size()
-    return n // w if drop_last else -(-n // w)
+def shard_loader(dl: DataLoader) -> DataLoader:
+    """`dl`, given this process's shard when distributed (kept when it already has one for this
+    process group, so its workers live on); every process must call it for the same loaders."""
+    current = dl.shard
+    if active():
+        if current is None or (current.rank, current.world_size) != (rank(), world_size()):
+            dl.shard = shard()
+    elif current is not None:
+        dl.shard = None
+    return dl
 
 
 def mean(value: float, device: torch.device) -> float:

@@ -23,9 +23,12 @@ from imageblocks.data.blocks import (
     MultiCategoryBlock,
     PointBlock,
     RegressionBlock,
+    Task,
     TransformBlock,
+    task_of,
 )
 from imageblocks.data.datasets import Datasets, Pipeline
+from imageblocks.losses import loss_from_config
 from imageblocks.transforms.batch import AffineWarp, Normalize
 from imageblocks.transforms.item import ItemTransform, item_tfm_from_config
 
@@ -38,16 +41,15 @@ class ExportError(ValueError):
     """A learner that cannot be exported, or an export folder that cannot be loaded."""
 
 
-def _task(block: TransformBlock | None) -> str:
-    if isinstance(block, MultiCategoryBlock):
-        return "multilabel"
-    if isinstance(block, CategoryBlock):
-        return "category"
-    if isinstance(block, PointBlock):
-        return "points"
-    if isinstance(block, RegressionBlock):
-        return "regression"
-    raise ExportError(f"cannot export a learner whose target block is {block!r}")
+def _task(block: TransformBlock | None) -> Task:
+    """The target block's task, which config.json records; a block without one cannot export."""
+    task = task_of(block)
+    if task is None:
+        raise ExportError(
+            f"cannot export a learner whose target block is {block!r}: use MultiCategoryBlock, "
+            "CategoryBlock, PointBlock or RegressionBlock as the DataBlock's last block"
+        )
+    return task
 
 
 def _item_config(tfms: list[Any]) -> list[dict]:
@@ -86,7 +88,7 @@ def learner_config(learn: Any) -> dict:
     model = learn.model
     if not hasattr(model, "config"):
         raise ExportError("export needs a model built by vision_learner/create_vision_model")
-    target = learn.dls.block_info.get("target_block")
+    target = learn.dls.target_block
     vocab = getattr(target, "vocab", None)
     thresholds = learn.thresholds
     if isinstance(thresholds, torch.Tensor):
@@ -95,7 +97,7 @@ def learner_config(learn: Any) -> dict:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
-        "task": _task(target),
+        "task": _task(target).value,
         "model": dict(model.config),
         "vocab": list(vocab) if vocab is not None else None,
         "loss": learn.loss_func.config() if hasattr(learn.loss_func, "config") else None,
@@ -103,7 +105,7 @@ def learner_config(learn: Any) -> dict:
             "global": getattr(learn.loss_func, "thresh", None) if thresholds is None else None,
             "per_class": thresholds,
         },
-        "item_tfms": _item_config(learn.dls.block_info.get("item_tfms", [])),
+        "item_tfms": _item_config(learn.dls.item_tfms),
         "batch_tfms": _batch_config(learn.dls.valid.after_batch),
     }
 
@@ -157,15 +159,17 @@ def read_config(path: str | os.PathLike) -> dict:
 
 def _target_block(config: dict) -> TransformBlock:
     task, vocab = config["task"], config.get("vocab")
-    if task == "multilabel":
+    if task == Task.MULTILABEL:
         return MultiCategoryBlock(vocab=vocab)
-    if task == "category":
+    if task == Task.CATEGORY:
         return CategoryBlock(vocab=vocab)
-    if task == "points":
+    if task == Task.POINTS:
         return PointBlock()
-    if task == "regression":
+    if task == Task.REGRESSION:
         return RegressionBlock()
-    raise ExportError(f"unknown task {task!r} in config.json")
+    raise ExportError(
+        f"unknown task {task!r} in config.json: it must be one of {[t.value for t in Task]}"
+    )
 
 
 def _batch_tfms(configs: list[dict]) -> list[Any]:
@@ -218,7 +222,6 @@ def _load_weights(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]
 def load_learner(path: str | os.PathLike, device: str | torch.device | None = None) -> Any:
     """An inference `Learner` from an export folder: `predict`, `get_preds(dl=...)`, `export`."""
     from imageblocks.learn.learner import Learner
-    from imageblocks.learn.losses import loss_for_block, loss_from_config
     from imageblocks.models.backbones import create_vision_model
 
     path = Path(path)
@@ -244,7 +247,7 @@ def load_learner(path: str | os.PathLike, device: str | torch.device | None = No
         [], splits=([], []), pipelines=[Pipeline([], ImageBlock()), Pipeline([], target)]
     )
     dls = dblock.dataloaders_from(dsets, bs=64, num_workers=0, device=device)
-    loss = loss_from_config(config["loss"]) if config.get("loss") else loss_for_block(target)
+    loss = loss_from_config(config["loss"]) if config.get("loss") else target.loss()
     learn = Learner(dls, model, loss_func=loss)
     per_class = (config.get("thresholds") or {}).get("per_class")
     if per_class is not None:

@@ -36,7 +36,7 @@ _ACTIVATIONS = {
 def input_size(learn: Any) -> tuple[int, int] | None:
     """The (height, width) of the images the model sees at validation, if fixed."""
     size = None
-    for t in learn.dls.block_info.get("item_tfms", []):
+    for t in learn.dls.item_tfms:
         if getattr(t, "size", None) is not None:
             size = tuple(t.size)
     for t in learn.dls.valid.after_batch:

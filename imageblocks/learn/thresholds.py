@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import multilabel_f1_score
 
+from imageblocks.data.blocks import Task, task_of
 from imageblocks.learn.metrics import accuracy_multi
 
 __all__ = ["ThresholdReport", "default_grid", "multilabel_score", "tune_thresholds"]
@@ -154,8 +155,8 @@ def tune_thresholds(
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
-    target = learn.dls.block_info.get("target_block")
-    if getattr(target, "vocab", None) is None or not hasattr(target, "one_hot"):
+    target = learn.dls.target_block
+    if task_of(target) is not Task.MULTILABEL or target.vocab is None:
         raise ValueError("threshold tuning needs a multi-label model (a MultiCategoryBlock target)")
     if len(learn.dls.valid.dataset) == 0:
         raise ValueError("threshold tuning needs a validation set, and this one is empty")

@@ -1,7 +1,8 @@
 """Loss objects that flatten their inputs and know their activation and decoding.
 
-Each wraps a torch loss. The Learner calls `loss(preds, targs)` in training, `loss.activation`
-on raw model outputs in `get_preds`, and `loss.decodes` on activated outputs in `predict`.
+Each wraps a torch loss; a target block's `loss()` picks one (`imageblocks.data.blocks`). The
+Learner calls `loss(preds, targs)` in training, `loss.activation` on raw model outputs in
+`get_preds`, and `loss.decodes` on activated outputs in `predict`. Depends on torch only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ __all__ = [
     "L1LossFlat",
     "binary_cross_entropy",
     "loss_from_config",
-    "loss_for_block",
 ]
 
 
@@ -159,22 +159,3 @@ def binary_cross_entropy(inputs: Tensor, targets: Tensor) -> Tensor:
     """The book's hand-written binary cross-entropy on logits (for teaching, not training)."""
     inputs = inputs.sigmoid()
     return -torch.where(targets == 1, inputs, 1 - inputs).log().mean()
-
-
-def loss_for_block(block: Any) -> FlattenedLoss | None:
-    """The loss that fits a target block: BCE for multi-label, cross-entropy for one label,
-    MSE for points and regression."""
-    from imageblocks.data.blocks import (
-        CategoryBlock,
-        MultiCategoryBlock,
-        PointBlock,
-        RegressionBlock,
-    )
-
-    if isinstance(block, MultiCategoryBlock):
-        return BCEWithLogitsLossFlat()
-    if isinstance(block, CategoryBlock):
-        return CrossEntropyLossFlat()
-    if isinstance(block, (PointBlock, RegressionBlock)):
-        return MSELossFlat()
-    return None
