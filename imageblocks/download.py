@@ -1,8 +1,14 @@
-"""Downloading one file: streamed, resumable, checksummed, atomically renamed into place."""
+"""Downloading one file: streamed, resumable, checked (size, md5, sha256), atomically renamed.
+
+A `Checksum` holds whatever is known about a file: its size and its sha256 and/or md5 digest.
+sha256 is the one to trust; md5 is checked where it is all that is published (it catches a cut-off
+or swapped file, not a deliberately forged one).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import http.client
 import os
@@ -25,7 +31,32 @@ class DownloadError(RuntimeError):
 
 
 class ChecksumError(DownloadError):
-    """A downloaded file's sha256 differs from the expected one."""
+    """A file's size or digest differs from the expected one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checksum:
+    """What a file must be: its size in bytes and hex digests; a field left None is not checked."""
+
+    size: int | None = None
+    md5: str | None = None
+    sha256: str | None = None
+
+    def problems(self, path: str | os.PathLike) -> list[str]:
+        """How the file at `path` differs from this checksum (empty when it matches)."""
+        size = os.path.getsize(path)
+        if self.size is not None and size != self.size:
+            return [f"size {size} bytes, expected {self.size}"]  # no need to hash it
+        wanted = {name: value.lower() for name, value in self._digests().items()}
+        got = file_digests(path, tuple(wanted))
+        return [
+            f"expected {name} {value}, got {got[name]}"
+            for name, value in wanted.items()
+            if got[name] != value
+        ]
+
+    def _digests(self) -> dict[str, str]:
+        return {n: v for n, v in (("sha256", self.sha256), ("md5", self.md5)) if v is not None}
 
 
 def download_url(
@@ -34,8 +65,12 @@ def download_url(
     sha256: str | None = None,
     show_progress: bool = True,
     timeout: float = 30.0,
+    checksum: Checksum | None = None,
 ) -> Path:
-    """Download `url` to `dest` (resuming a `.part` file), check `sha256`, and return `dest`."""
+    """Download `url` to `dest` (resuming a `.part` file), check it, and return `dest`.
+
+    `checksum` gives the expected size and digests; `sha256`, when given, replaces it.
+    """
     dest = as_path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -47,25 +82,32 @@ def download_url(
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = str(getattr(e, "reason", None) or e)
         raise DownloadError(_failure_message(url, dest, reason), reason) from e
-    if sha256 is not None:
-        got = file_sha256(part)
-        if got.lower() != sha256.lower():
-            part.unlink(missing_ok=True)
-            raise ChecksumError(
-                f"Checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {got}. "
-                "The partial file was deleted; try again, or check the URL and the checksum."
-            )
+    expected = Checksum(sha256=sha256) if sha256 is not None else checksum
+    problems = expected.problems(part) if expected is not None else []
+    if problems:
+        part.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"Checksum mismatch for {url}: {'; '.join(problems)}. "
+            "The downloaded file was deleted; try again, or check the URL and the checksum."
+        )
     os.replace(part, dest)
     return dest
 
 
+def file_digests(path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, str]:
+    """The hex digests (`hashlib` names, e.g. "sha256", "md5") of a file, read once in chunks."""
+    hashes = {name: hashlib.new(name, usedforsecurity=False) for name in names}
+    if hashes:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK_SIZE):
+                for h in hashes.values():
+                    h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The hex sha256 digest of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digests(path, ("sha256",))["sha256"]
 
 
 def _failure_message(url: str, dest: Path, reason: str) -> str:
