@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import os
+import shutil
 import socket
 import tarfile
 import threading
@@ -293,3 +294,92 @@ def test_path_ls(tree):
         assert repr(Path(tree) / "sub") == "Path('sub')"
     finally:
         Path.BASE_PATH = None
+
+
+def _write(path, data: bytes = b"") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def biwi_like(tmp_path):
+    """Person folders `01`, `02` on "shared storage", outside the dataset folder."""
+    storage = tmp_path / "storage" / "biwi"
+    for person in ("01", "02"):
+        for frame in (3, 4):
+            _write(storage / person / f"frame_{frame:05d}_rgb.jpg")
+            _write(storage / person / f"frame_{frame:05d}_pose.txt")
+        _write(storage / person / "rgb.cal")
+    return storage
+
+
+def _rel(files, root) -> list[str]:
+    return [str(f.relative_to(root)) for f in files]
+
+
+def test_symlinked_person_folders_list_like_a_copy(tmp_path, biwi_like):
+    linked, copy = tmp_path / "linked", tmp_path / "copy"
+    linked.mkdir()
+    for person in ("01", "02"):
+        (linked / person).symlink_to(biwi_like / person, target_is_directory=True)
+    shutil.copytree(biwi_like, copy)
+    files = get_image_files(linked)
+    assert len(files) == 4 and files[0] == linked / "01" / "frame_00003_rgb.jpg"  # not resolved
+    assert _rel(files, linked) == _rel(get_image_files(copy), copy)
+    assert _rel(get_files(linked), linked) == _rel(get_files(copy), copy)
+    assert _rel(get_image_files(linked, folders=["02"]), linked) == [
+        "02/frame_00003_rgb.jpg",
+        "02/frame_00004_rgb.jpg",
+    ]
+
+
+def test_symlinked_files_are_listed_through_the_link(tmp_path, biwi_like):
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "a.jpg").symlink_to(biwi_like / "01" / "frame_00003_rgb.jpg")
+    (root / "sub").mkdir()
+    (root / "sub" / "b.png").symlink_to(biwi_like / "02" / "frame_00004_rgb.jpg")
+    assert get_image_files(root) == [root / "a.jpg", root / "sub" / "b.png"]
+    assert get_image_files(root, recurse=False) == [root / "a.jpg"]
+
+
+def test_link_loops_are_walked_once(tmp_path):
+    root = tmp_path / "ds"
+    _write(root / "01" / "x.jpg")
+    (root / "01" / "a").symlink_to("..", target_is_directory=True)  # back to the root
+    (root / "01" / "b").symlink_to("a", target_is_directory=True)  # a link to that link
+    (root / "self").symlink_to(root, target_is_directory=True)
+    (root / "tight").symlink_to("tight")  # a link to itself: ELOOP
+    assert get_image_files(root) == [root / "01" / "x.jpg"]
+    assert len(get_files(root)) == 1
+
+
+def test_two_links_to_one_folder_list_it_once_by_the_first_path(tmp_path, biwi_like):
+    root = tmp_path / "ds"
+    root.mkdir()
+    for name in ("y", "x"):
+        (root / name).symlink_to(biwi_like / "01", target_is_directory=True)
+    assert _rel(get_image_files(root), root) == ["x/frame_00003_rgb.jpg", "x/frame_00004_rgb.jpg"]
+    # a link to a folder that is also in the tree: the real path lists it
+    _write(root / "z_real" / "c.jpg")
+    (root / "a_link").symlink_to(root / "z_real", target_is_directory=True)
+    assert "z_real/c.jpg" in _rel(get_image_files(root), root)
+    assert "a_link/c.jpg" not in _rel(get_image_files(root), root)
+
+
+def test_broken_links_are_skipped(tmp_path):
+    root = tmp_path / "ds"
+    _write(root / "ok.jpg")
+    (root / "gone").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    (root / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert get_image_files(root) == [root / "ok.jpg"]
+    assert get_image_files(root, recurse=False) == [root / "ok.jpg"]
+    assert get_files(root) == [root / "ok.jpg"]
+
+
+def test_listing_a_missing_folder_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere is not a folder"):
+        get_image_files(tmp_path / "nowhere")
+    _write(tmp_path / "a.jpg")
+    with pytest.raises(NotADirectoryError, match="a.jpg is not a folder"):
+        get_files(tmp_path / "a.jpg", recurse=False)

@@ -1,22 +1,37 @@
-"""Where data comes from: dataset URLs, `untar_data` (download, safe extract, cache), file lists."""
+"""Where data comes from: dataset URLs, `untar_data` (download, safe extract, cache), file lists.
+
+Every archive `URLs` names has its size and digest in `checksums.json`, checked on download and
+again before a cached archive is extracted. No sha256 is published for these files, so that table
+holds fastai's published md5 digests: they catch a cut-off, swapped or altered file, but md5 is no
+proof against a deliberately forged one. Pass `sha256=` to `untar_data` to check a digest you trust
+instead. Extraction refuses members outside the target folder and stops at `max_bytes` inflated
+bytes or `max_members` members, leaving nothing behind.
+"""
 
 from __future__ import annotations
 
+import functools
+import heapq
+import json
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import PurePosixPath
+from typing import BinaryIO
 
-from imageblocks.download import ChecksumError, DownloadError, download_url, file_sha256
+from imageblocks.download import CHUNK_SIZE, Checksum, ChecksumError, DownloadError, download_url
 from imageblocks.lists import L
 from imageblocks.paths import Path, as_path
 
 __all__ = [
     "URLs",
+    "ArchiveTooLargeError",
     "UnsafeArchiveError",
+    "dataset_checksums",
     "dataset_name",
     "extract_archive",
     "get_files",
@@ -29,6 +44,10 @@ __all__ = [
 DEMO_SCHEME = "imageblocks-demo://"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
 image_extensions = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# Extraction limits: well above the largest archive `URLs` names (FOOD: 5.7 GB packed, about 101k
+# files; PASCAL_2007: 1.6 GB; BIWI_HEAD_POSE: 0.45 GB, about 31k files), far below a zip bomb.
+DEFAULT_MAX_BYTES = 64 * 2**30
+DEFAULT_MAX_MEMBERS = 1_000_000
 
 
 class URLs:
@@ -79,6 +98,17 @@ class UnsafeArchiveError(RuntimeError):
     """An archive member would land outside the extraction folder, or is not a plain file."""
 
 
+class ArchiveTooLargeError(UnsafeArchiveError):
+    """An archive has more members, or inflates to more bytes, than the extraction limits allow."""
+
+
+@functools.cache
+def dataset_checksums() -> dict[str, Checksum]:
+    """The expected size and digests of each archive `URLs` names, from `checksums.json`."""
+    table = json.loads(resources.files(__package__).joinpath("checksums.json").read_text())
+    return {url: Checksum(**entry) for url, entry in table["archives"].items()}
+
+
 def imageblocks_home() -> Path:
     """The cache root: `$IMAGEBLOCKS_HOME`, or `~/.imageblocks`."""
     home = os.environ.get("IMAGEBLOCKS_HOME")
@@ -100,8 +130,13 @@ def untar_data(
     force_download: bool = False,
     sha256: str | None = None,
     show_progress: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_members: int = DEFAULT_MAX_MEMBERS,
 ) -> Path:
-    """Download and extract `url` once into `<home>/data/<name>` (or `data/<name>`); return it."""
+    """Download and extract `url` once into `<home>/data/<name>` (or `data/<name>`); return it.
+
+    The archive is checked against `sha256` if given, else against `dataset_checksums()`.
+    """
     name = dataset_name(url)
     data_root = as_path(data) if data is not None else imageblocks_home() / "data"
     target = data_root / name
@@ -111,38 +146,52 @@ def untar_data(
     if url.startswith(DEMO_SCHEME):
         return _make_demo(name, target, show_progress, force_download)
     archive = imageblocks_home() / "archive" / url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    expected = Checksum(sha256=sha256) if sha256 is not None else dataset_checksums().get(url)
     if force_download or not archive.is_file():
         if os.environ.get("IMAGEBLOCKS_OFFLINE", "") not in ("", "0"):
             raise DownloadError(
                 _offline_message(url, archive, target, "IMAGEBLOCKS_OFFLINE is set")
             )
         try:
-            download_url(url, archive, sha256=sha256, show_progress=show_progress)
+            download_url(url, archive, show_progress=show_progress, checksum=expected)
         except ChecksumError:
             raise
         except DownloadError as e:
             raise DownloadError(_offline_message(url, archive, target, e.reason), e.reason) from e
-    elif sha256 is not None and file_sha256(archive).lower() != sha256.lower():
+    elif expected is not None and (problems := expected.problems(archive)):
         raise ChecksumError(
-            f"Checksum mismatch for {archive} (from {url}): expected sha256 {sha256.lower()}, "
-            f"got {file_sha256(archive)}. Delete it, or pass force_download=True."
+            f"The cached archive {archive} (from {url}) failed its checksum: "
+            f"{'; '.join(problems)}. Nothing was extracted.\n"
+            f"Delete it and call untar_data again to download it afresh:\n    rm {archive}\n"
+            "If you trust this file as it is (e.g. a newer upload), pass its sha256= instead."
         )
-    return extract_archive(archive, target, force=force_download)
+    return extract_archive(
+        archive, target, force=force_download, max_bytes=max_bytes, max_members=max_members
+    )
 
 
 def extract_archive(
-    archive: str | os.PathLike, target: str | os.PathLike, force: bool = False
+    archive: str | os.PathLike,
+    target: str | os.PathLike,
+    force: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_members: int = DEFAULT_MAX_MEMBERS,
 ) -> Path:
-    """Extract a tar or zip archive safely into the folder `target`, atomically; return `target`."""
+    """Extract a tar or zip archive safely into the folder `target`, atomically; return `target`.
+
+    Stops with `ArchiveTooLargeError` (and removes what it wrote) past `max_members` members or
+    `max_bytes` inflated bytes, checked from the member headers first and again while writing.
+    """
     archive, target = as_path(archive), as_path(target)
+    limits = _Limits(archive, max_bytes, max_members)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; it may become the dataset folder itself
     try:
         try:
             if zipfile.is_zipfile(archive):
-                _extract_zip(archive, tmp)
+                _extract_zip(archive, tmp, limits)
             else:
-                _extract_tar(archive, tmp)
+                _extract_tar(archive, tmp, limits)
         except (tarfile.ReadError, tarfile.CompressionError, zipfile.BadZipFile, EOFError) as e:
             raise DownloadError(
                 f"{archive} is not a readable archive ({e}). Delete it and call untar_data again."
@@ -171,9 +220,31 @@ def _check_member_name(name: str, archive: Path) -> None:
         )
 
 
-def _extract_tar(archive: Path, dest: Path) -> None:
+class _Limits:
+    """The extraction limits of one archive, and the error that names them."""
+
+    def __init__(self, archive: Path, max_bytes: int, max_members: int):
+        self.archive, self.max_bytes, self.max_members = archive, max_bytes, max_members
+
+    def check(self, n_members: int, n_bytes: int) -> None:
+        """Raise `ArchiveTooLargeError` if `n_members` or `n_bytes` is over its limit."""
+        if n_members > self.max_members:
+            self._fail(f"has more than {self.max_members} members", "max_members")
+        if n_bytes > self.max_bytes:
+            self._fail(f"inflates to more than {self.max_bytes} bytes", "max_bytes")
+
+    def _fail(self, what: str, arg: str) -> None:
+        raise ArchiveTooLargeError(
+            f"{self.archive} {what}; extraction stopped and nothing was kept. If you trust this "
+            f"archive, pass a larger {arg}= to untar_data or extract_archive."
+        )
+
+
+def _extract_tar(archive: Path, dest: Path, limits: _Limits) -> None:
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
+        # tarfile writes exactly the size a header declares, so the headers bound what is written
+        limits.check(len(members), _tar_bytes(members))
         for m in members:
             _check_member_name(m.name, archive)
             if m.issym() or m.islnk():
@@ -187,11 +258,37 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             tar.extractall(dest, members=members)
 
 
-def _extract_zip(archive: Path, dest: Path) -> None:
+def _tar_bytes(members: list[tarfile.TarInfo]) -> int:
+    """The bytes tar `members` write; a hard link counts as its target (it may become a copy)."""
+    sizes = {m.name: m.size for m in members if m.isfile()}
+    links = sum(sizes.get(m.linkname, 0) for m in members if m.islnk())
+    return sum(sizes.values()) + links
+
+
+def _extract_zip(archive: Path, dest: Path, limits: _Limits) -> None:
     with zipfile.ZipFile(archive) as zf:
-        for name in zf.namelist():
-            _check_member_name(name, archive)
-        zf.extractall(dest)
+        infos = zf.infolist()
+        for info in infos:
+            _check_member_name(info.filename, archive)
+        limits.check(len(infos), sum(info.file_size for info in infos))
+        written = 0
+        for info in infos:  # a zip header's size need not be what its data inflates to: count
+            path = os.path.join(dest, *PurePosixPath(info.filename.replace("\\", "/")).parts)
+            if info.is_dir():
+                os.makedirs(path, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with zf.open(info) as src, open(path, "wb") as dst:
+                written = _copy_bounded(src, dst, written, limits)
+
+
+def _copy_bounded(src: BinaryIO, dst: BinaryIO, written: int, limits: _Limits) -> int:
+    """Copy `src` to `dst` in chunks, stopping once `written` plus the copy passes the byte limit."""
+    while chunk := src.read(CHUNK_SIZE):
+        written += len(chunk)
+        limits.check(0, written)
+        dst.write(chunk)
+    return written
 
 
 def _offline_message(url: str, archive: Path, target: Path, reason: str) -> str:
@@ -226,21 +323,24 @@ def get_files(
     recurse: bool = True,
     folders: Iterable[str] | None = None,
 ) -> L:
-    """Files under `path` (only some `extensions` or top-level `folders` if given), sorted."""
+    """Files under `path` (only some `extensions` or top-level `folders` if given), sorted.
+
+    Links to folders and files are followed and listed under `path` (through the link); a folder
+    reached twice (two links, or a link loop) is listed once, and broken links are skipped.
+    """
     path = as_path(path)
+    if not path.is_dir():
+        error = NotADirectoryError if path.exists() else FileNotFoundError
+        raise error(
+            f"{path} is not a folder: get_files and get_image_files list the files in a folder. "
+            "Check the path (for example with `.ls()` on its parent)."
+        )
     exts = None if extensions is None else {_dotted(e).lower() for e in extensions}
     wanted = None if folders is None else set(folders)
-    found: list[str] = []
     if recurse:
-        for i, (root, dirs, files) in enumerate(os.walk(path)):
-            keep = (lambda d: d in wanted) if i == 0 and wanted is not None else _visible
-            dirs[:] = [d for d in dirs if keep(d)]
-            if i == 0 and wanted is not None and "." not in wanted:
-                continue  # with `folders`, files at the top level count only if "." is named
-            found.extend(os.path.join(root, f) for f in files if _wanted(f, exts))
+        found = _walk_files(str(path), exts, wanted)
     else:
-        with os.scandir(path) as it:
-            found = [e.path for e in it if e.is_file() and _wanted(e.name, exts)]
+        found = [e.path for e in _scan(str(path)) if _is_file(e) and _wanted(e.name, exts)]
     return L(Path(f) for f in sorted(found))
 
 
@@ -249,6 +349,64 @@ def get_image_files(
 ) -> L:
     """Image files under `path` (by extension, any case), sorted by their full path."""
     return get_files(path, extensions=image_extensions, recurse=recurse, folders=folders)
+
+
+def _walk_files(root: str, exts: set[str] | None, wanted: set[str] | None) -> list[str]:
+    """The wanted files under `root`, each folder walked once however many links reach it.
+
+    The real tree is walked first, then each linked folder's tree in path order, so which path
+    lists a folder reached twice does not depend on the order the file system lists entries in.
+    """
+    seen: set[tuple[int, int]] = set()
+    found: list[str] = []
+    links: list[str] = []  # a heap of links to folders, walked after the real folders
+    pending = [root]
+    while pending or links:
+        top = pending.pop() if pending else heapq.heappop(links)
+        try:
+            st = os.stat(top)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        at_root = top == root
+        keep = (lambda name: name in wanted) if at_root and wanted is not None else _visible
+        top_files = not at_root or wanted is None or "." in wanted  # with `folders`: "." names them
+        for entry in _scan(top):
+            if _is_dir(entry):
+                if not keep(entry.name):
+                    continue
+                if entry.is_symlink():
+                    heapq.heappush(links, entry.path)
+                else:
+                    pending.append(entry.path)
+            elif top_files and _is_file(entry) and _wanted(entry.name, exts):
+                found.append(entry.path)
+    return found
+
+
+def _scan(folder: str) -> list[os.DirEntry]:
+    """A folder's entries; none if it cannot be read (as `os.walk` does)."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links; False for a broken one
+    except OSError:  # a link loop (ELOOP) or an unreadable target
+        return False
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _dotted(ext: str) -> str:
