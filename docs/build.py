@@ -583,7 +583,7 @@ def prepare_environment(work: Path, quick: bool) -> dict[str, str]:
 def make_quick_data(data: Path) -> None:
     """Small demo datasets where `untar_data` finds them (quick builds only)."""
     sys.path.insert(0, str(ROOT))
-    from imageblocks.data.demo import make_demo_multilabel, make_demo_points
+    from imageblocks.demodata import make_demo_multilabel, make_demo_points
 
     t0 = time.perf_counter()
     make_demo_multilabel(data / "demo_multilabel", n_images=QUICK_MULTILABEL_IMAGES, seed=0)

@@ -9,7 +9,7 @@ import matplotlib.figure
 import pytest
 
 from imageblocks.all import *  # noqa: F403  (the book's import)
-from imageblocks.data.demo import make_demo_multilabel, make_demo_points
+from imageblocks.demodata import make_demo_multilabel, make_demo_points
 
 
 @pytest.fixture(scope="module")

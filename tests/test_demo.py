@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from imageblocks.data import demo
+from imageblocks import demodata
 from imageblocks.data.sources import get_image_files
+from imageblocks.demodata import points as points_module
 
 N_IMAGES, N_PERSONS, N_FRAMES = 40, 14, 3
 
 
 @pytest.fixture(scope="module")
 def multilabel(tmp_path_factory):
-    return demo.make_demo_multilabel(tmp_path_factory.mktemp("ml") / "demo_multilabel", N_IMAGES)
+    return demodata.make_demo_multilabel(
+        tmp_path_factory.mktemp("ml") / "demo_multilabel", N_IMAGES
+    )
 
 
 @pytest.fixture(scope="module")
 def points(tmp_path_factory):
     dest = tmp_path_factory.mktemp("pts") / "demo_points"
-    return demo.make_demo_points(dest, n_persons=N_PERSONS, frames_per_person=N_FRAMES)
+    return demodata.make_demo_points(dest, n_persons=N_PERSONS, frames_per_person=N_FRAMES)
 
 
 def test_multilabel_csv_like_pascal_2007(multilabel):
@@ -33,8 +39,8 @@ def test_multilabel_csv_like_pascal_2007(multilabel):
     labels = df.labels.fillna("")
     assert (labels == "").any(), "some images have no object"
     vocab = {lbl for s in labels for lbl in s.split()}
-    assert vocab <= set(demo.VOC_CLASSES) and "person" in vocab and len(vocab) >= 8
-    assert labels.str.split().map(len).max() <= demo.MAX_OBJECTS
+    assert vocab <= set(demodata.VOC_CLASSES) and "person" in vocab and len(vocab) >= 8
+    assert labels.str.split().map(len).max() <= demodata.MAX_OBJECTS
     test = pd.read_csv(multilabel / "test.csv")
     assert list(test.columns) == ["fname", "labels", "is_valid"] and len(test) == N_IMAGES // 10
     assert not set(test.fname) & set(df.fname)
@@ -52,11 +58,11 @@ def test_multilabel_images_have_voc_sizes(multilabel):
 
 
 def test_multilabel_is_deterministic(multilabel, tmp_path):
-    again = demo.make_demo_multilabel(tmp_path / "again", N_IMAGES, seed=0)
+    again = demodata.make_demo_multilabel(tmp_path / "again", N_IMAGES, seed=0)
     assert (again / "train.csv").read_bytes() == (multilabel / "train.csv").read_bytes()
     name = pd.read_csv(multilabel / "train.csv").fname[3]
     assert (again / "train" / name).read_bytes() == (multilabel / "train" / name).read_bytes()
-    other = demo.make_demo_multilabel(tmp_path / "other", 10, seed=1)
+    other = demodata.make_demo_multilabel(tmp_path / "other", 10, seed=1)
     assert (other / "train.csv").read_bytes() != (multilabel / "train.csv").read_bytes()
 
 
@@ -64,22 +70,22 @@ def test_never_overwrites_an_existing_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError):
-        demo.make_demo_multilabel(tmp_path / "mine", 2)
+        demodata.make_demo_multilabel(tmp_path / "mine", 2)
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary folder left
 
 
 def test_worker_processes_give_the_same_bytes(tmp_path):
-    one = demo.make_demo_multilabel(tmp_path / "one", 12, seed=3, workers=1)
-    two = demo.make_demo_multilabel(tmp_path / "two", 12, seed=3, workers=2)
+    one = demodata.make_demo_multilabel(tmp_path / "one", 12, seed=3, workers=1)
+    two = demodata.make_demo_multilabel(tmp_path / "two", 12, seed=3, workers=2)
     for f in get_image_files(one):
         assert f.read_bytes() == (two / f.relative_to(one)).read_bytes()
 
 
 def test_every_class_draws(tmp_path):
     rng = np.random.default_rng(0)
-    for name in demo.VOC_CLASSES:
-        obj = demo.render_object(name, 60, rng)
+    for name in demodata.VOC_CLASSES:
+        obj = demodata.render_object(name, 60, rng)
         alpha = np.asarray(obj)[..., 3]
         assert obj.mode == "RGBA" and (alpha > 0).mean() > 0.05, name
 
@@ -116,7 +122,7 @@ def test_pose_files_and_get_ctr_match_the_drawn_centre(points):
         return np.array([c1, c2])
 
     for person in (1, 13):
-        specs = demo.frame_specs(0, person, N_FRAMES)
+        specs = demodata.frame_specs(0, person, N_FRAMES)
         for spec in specs:
             f = points / f"{person:02d}" / f"frame_{spec.frame:05d}_rgb.jpg"
             assert np.allclose(get_ctr(f), spec.centre, atol=1e-9)
@@ -133,11 +139,11 @@ def test_pose_files_and_get_ctr_match_the_drawn_centre(points):
 def test_head_is_drawn_centred_on_the_projection(roll):
     # with no turn the head's silhouette is left-right symmetric; a 90 degree roll turns that
     # symmetry into an up-down one, so the silhouette's centroid checks both coordinates
-    who = demo._make_person(0, 1)
+    who = points_module._make_person(0, 1)
     axis = 0 if roll == 0 else 1
     for x, y, z in [(-140.5, 100.25, 712.0), (12.345, -7.5, 905.5), (133.3, -118.0, 1090.0)]:
-        spec = demo.FrameSpec(1, x, y, z, 0.0, 0.0, roll, demo.project_head(x, y, z))
-        patch, ox, oy = demo._head_patch(spec, who, np.random.default_rng(0))
+        spec = demodata.FrameSpec(1, x, y, z, 0.0, 0.0, roll, demodata.project_head(x, y, z))
+        patch, ox, oy = points_module._head_patch(spec, who, np.random.default_rng(0))
         alpha = np.asarray(patch)[..., 3].astype(float)
         coords = np.indices(alpha.shape)[1 - axis] + (ox, oy)[axis]
         centroid = (coords * alpha).sum() / alpha.sum()
@@ -145,8 +151,26 @@ def test_head_is_drawn_centred_on_the_projection(roll):
 
 
 def test_points_are_deterministic(points, tmp_path):
-    again = demo.make_demo_points(tmp_path / "again", n_persons=2, frames_per_person=N_FRAMES)
+    again = demodata.make_demo_points(tmp_path / "again", n_persons=2, frames_per_person=N_FRAMES)
     frame = sorted((again / "02").ls(file_exts=(".jpg",)))[1]
     assert frame.read_bytes() == (points / "02" / frame.name).read_bytes()
     pose = str(frame)[:-7] + "pose.txt"
     assert open(pose).read() == (points / "02" / (frame.name[:-7] + "pose.txt")).read_text()
+
+
+def text_digest(root: Path) -> str:
+    """sha256 over the relative path and bytes of every file but the JPEGs, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".jpg"):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def test_text_files_match_the_pinned_generator_output(tmp_path):
+    # digests of what imageblocks/data/demo.py wrote before it became the demodata package: CSVs,
+    # pose, calibration and .obj files depend only on numpy's seeded streams, so any change to the
+    # order of random draws shows here (JPEG bytes also depend on the Pillow version: not pinned)
+    ml = demodata.make_demo_multilabel(tmp_path / "ml", 12, seed=3)
+    pts = demodata.make_demo_points(tmp_path / "pts", n_persons=2, frames_per_person=3, seed=5)
+    assert text_digest(ml) == "718c46ef92892fe68ea2248df0ccfe8d3300f32c1afd7e020f01cdba71c9c47f"
+    assert text_digest(pts) == "02893c60b9afafdd2f62fefd9defbeb56a32f7807b2cfcb0e3fe2eaa5f2a1fa7"

@@ -240,15 +240,15 @@ def test_dataset_names_and_home(home):
 
 
 def test_untar_data_demo_url_generates_once(home, monkeypatch):
-    from imageblocks.data import demo
+    from imageblocks import demodata
 
-    calls, real = [], demo.make_demo_points
+    calls, real = [], demodata.make_demo_points
 
     def fake(dest, show_progress=False):
         calls.append(dest)
         return real(dest, n_persons=1, frames_per_person=1)
 
-    monkeypatch.setattr(demo, "make_demo_points", fake)
+    monkeypatch.setattr(demodata, "make_demo_points", fake)
     path = untar_data(URLs.DEMO_POINTS)
     assert path == home / "data" / "demo_points" and (path / "01" / "rgb.cal").is_file()
     assert untar_data(URLs.DEMO_POINTS) == path and len(calls) == 1

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
+from imageblocks import demodata
 from imageblocks.download import CHUNK_SIZE, Checksum, ChecksumError, DownloadError, download_url
 from imageblocks.lists import L
 from imageblocks.paths import Path, as_path
@@ -302,9 +303,10 @@ def _offline_message(url: str, archive: Path, target: Path, reason: str) -> str:
 
 
 def _make_demo(name: str, target: Path, show_progress: bool, force: bool) -> Path:
-    from imageblocks.data import demo  # imported here: the generators are only needed on first use
-
-    makers = {"demo_multilabel": demo.make_demo_multilabel, "demo_points": demo.make_demo_points}
+    makers = {
+        "demo_multilabel": demodata.make_demo_multilabel,
+        "demo_points": demodata.make_demo_points,
+    }
     if name not in makers:
         raise ValueError(f"Unknown demo dataset {name!r}; known: {', '.join(makers)}")
     if force and target.exists():
