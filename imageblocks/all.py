@@ -80,20 +80,10 @@ from imageblocks.paths import Path
 from imageblocks.seeding import set_seed
 from imageblocks.show import plot_function, show_batch, show_results
 from imageblocks.tensors import tensor, to_cpu, to_device
-from imageblocks.transforms.batch import (
-    AffineWarp,
-    Brightness,
-    Contrast,
-    Dihedral,
-    Flip,
-    Lighting,
-    Normalize,
-    Rotate,
-    Warp,
-    Zoom,
-    aug_transforms,
-    imagenet_stats,
-)
+from imageblocks.transforms.batch import aug_transforms
+from imageblocks.transforms.geometry import AffineWarp, Dihedral, Flip, Rotate, Warp, Zoom
 from imageblocks.transforms.item import PadMode, RandomResizedCrop, Resize, ResizeMethod
+from imageblocks.transforms.lighting import Brightness, Contrast, Lighting
+from imageblocks.transforms.normalize import Normalize, imagenet_stats
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -15,8 +15,9 @@ from imageblocks.data.loaders import DataLoaders
 from imageblocks.data.sources import URLs, get_image_files, untar_data
 from imageblocks.data.splitters import FuncSplitter
 from imageblocks.paths import Path
-from imageblocks.transforms.batch import Normalize, aug_transforms, imagenet_stats
+from imageblocks.transforms.batch import aug_transforms
 from imageblocks.transforms.item import RandomResizedCrop
+from imageblocks.transforms.normalize import Normalize, imagenet_stats
 
 
 class MultiLabelGetters:

@@ -4,26 +4,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imageblocks.transforms.batch import (
+from imageblocks.transforms.base import BatchTransform
+from imageblocks.transforms.batch import aug_transforms
+from imageblocks.transforms.geometry import (
     AffineWarp,
-    BatchTransform,
-    Brightness,
-    Contrast,
     Flip,
-    Lighting,
-    Normalize,
     Rotate,
     Warp,
     Zoom,
-    aug_transforms,
     dihedral_mat,
     flip_mat,
-    imagenet_stats,
     rotate_mat,
     warp_batch,
     warp_mat,
     zoom_mat,
 )
+from imageblocks.transforms.lighting import Brightness, Contrast, Lighting
+from imageblocks.transforms.normalize import Normalize, imagenet_stats
 
 KINDS = ("image", "points", "target")
 

@@ -35,8 +35,8 @@ from imageblocks.image import PILImage
 from imageblocks.lists import first
 from imageblocks.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat, MSELossFlat
 from imageblocks.paths import Path
-from imageblocks.transforms.batch import Normalize
 from imageblocks.transforms.item import RandomResizedCrop, Resize
+from imageblocks.transforms.normalize import Normalize
 from tests.conftest import voc_block
 
 

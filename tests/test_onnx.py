@@ -15,8 +15,9 @@ from imageblocks.data.sources import get_image_files
 from imageblocks.learn.export import ExportError, load_learner
 from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.onnx_export import export_onnx, input_size
-from imageblocks.transforms.batch import Normalize, aug_transforms
+from imageblocks.transforms.batch import aug_transforms
 from imageblocks.transforms.item import Resize
+from imageblocks.transforms.normalize import Normalize
 
 ort = pytest.importorskip("onnxruntime")
 

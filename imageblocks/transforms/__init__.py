@@ -1,2 +1,3 @@
 """Transforms: item transforms on decoded samples (item.py) and batch transforms on the device
-(batch.py: one fused resample per batch, lighting, Normalize)."""
+(base.py the contract, geometry.py one fused resample per batch, lighting.py, normalize.py, and
+batch.py composing them into aug_transforms)."""
