@@ -258,6 +258,22 @@ def _orientation(img: Image.Image, data: bytes | None = None) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+def _stored_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image's pixels as stored, before any EXIF orientation (recent
+    Pillow reports a TIFF's size, and decodes its pixels, already turned)."""
+    if img.format == "TIFF" and hasattr(img, "tag_v2"):
+        w, h = img.tag_v2.get(256), img.tag_v2.get(257)  # ImageWidth, ImageLength
+        if isinstance(w, int) and isinstance(h, int):
+            return w, h
+    return img.size
+
+
+def _displayed_size(img: Image.Image, orientation: int) -> tuple[int, int]:
+    """The size a viewer shows an opened image at: its stored size, swapped by orientations 5-8."""
+    w, h = _stored_size(img)
+    return (h, w) if orientation in _SWAPS_AXES else (w, h)
+
+
 def _turn(img: Image.Image, orientation: int) -> Image.Image:
     """`img` as a viewer shows it for its EXIF `orientation`; the result carries no orientation,
     so turning it again changes nothing."""
@@ -289,13 +305,11 @@ def probe_image(data: bytes, name: str = "<upload>") -> ImageProbe:
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
             orientation = _orientation(img, data)
-            (w, h), fmt = img.size, str(img.format)
+            (w, h), fmt = _displayed_size(img, orientation), str(img.format)
     except Image.DecompressionBombError as e:
         raise _too_large(name, str(e).split(",")[0]) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error):
         raise _unreadable(name) from None  # UnidentifiedImageError is an OSError
-    if orientation in _SWAPS_AXES:
-        w, h = h, w
     return ImageProbe(format=fmt, width=w, height=h, orientation=orientation)
 
 
@@ -320,6 +334,7 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
     The full size is the displayed one: an EXIF rotation by 90 degrees swaps width and height.
     """
     if isinstance(source, Image.Image):
+        source.load()  # first: a decoder may turn the pixels itself (Pillow's TIFF does)
         img = to_rgb(_turn(source, _orientation(source)))
         return (img.copy() if img is source else img), img.size
     if isinstance(source, torch.Tensor):
@@ -355,15 +370,13 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
     try:
         img = _open_pil(data, name, draft)
         orientation = _orientation(img, data)
-        full_w, full_h = img.size
+        full_size = _displayed_size(img, orientation)
         if draft is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
             w, h = draft  # the draft is in the displayed frame, the DCT scaling in the stored one
             img.draft(img.mode, (h, w) if orientation in _SWAPS_AXES else (w, h))
             _check_pixels(img.size, name)  # Image.open, skipped, would count the full size
         img.load()
-        img = _turn(img, orientation)
-        if orientation in _SWAPS_AXES:
-            full_w, full_h = full_h, full_w
+        img = _turn(img, _orientation(img))  # what the decoder left: Pillow turns a TIFF itself
     except ItemError:
         raise
     except UnidentifiedImageError:
@@ -374,7 +387,7 @@ def decode_image(source: Any, draft: tuple[int, int] | None = None) -> tuple[Ima
             "re-export it or remove it from the dataset."
         ) from None
     try:
-        return to_rgb(img), (full_w, full_h)
+        return to_rgb(img), full_size
     except (ValueError, OSError) as e:
         raise ItemError(
             f"Cannot convert image {name} (mode {img.mode}) to RGB: {e}. Save it as an 8-bit "
