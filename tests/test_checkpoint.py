@@ -77,6 +77,38 @@ def test_resume_refuses_a_different_call_and_a_corrupt_file(voc, tmp_path):
         _learner(voc).fit_one_cycle(1, 1e-3, resume=tmp_path / "missing.pt")
 
 
+def test_resume_names_each_field_of_the_plan_that_differs(voc, tmp_path):
+    ckpt = tmp_path / "run.pt"
+    _learner(voc).fine_tune(1, base_lr=1e-3, freeze_epochs=1, checkpoint=ckpt)
+    stored = load_checkpoint(ckpt)["plan"]
+    assert stored["call"] == "fine_tune" and stored["wd"] == 1e-2
+    assert [p["frozen"] for p in stored["phases"]] == [True, False]
+    assert stored["phases"][1]["lr"] == {"start": 5e-6, "stop": 5e-4}  # slice(lr/2/100, lr/2)
+
+    learn = _learner(voc)
+    with pytest.raises(
+        CheckpointError, match=r"phases\[0\]\.lr: the checkpoint has 0.001, this call 0.002"
+    ):
+        learn.fine_tune(1, base_lr=2e-3, freeze_epochs=1, resume=ckpt)
+    with pytest.raises(CheckpointError, match=r"wd: the checkpoint has 0.01, this call 0.1"):
+        learn.fine_tune(1, base_lr=1e-3, freeze_epochs=1, wd=0.1, resume=ckpt)
+    with pytest.raises(
+        CheckpointError, match=r"call: the checkpoint has 'fine_tune', this call 'fit'"
+    ):
+        learn.fit(1, 1e-3, resume=ckpt)
+    learn.fine_tune(1, base_lr=1e-3, freeze_epochs=1, resume=ckpt)  # the same call resumes
+
+
+def test_resume_refuses_a_checkpoint_whose_plan_is_text(voc, tmp_path):
+    ckpt = tmp_path / "run.pt"
+    _learner(voc).fit_one_cycle(1, 1e-3, checkpoint=ckpt)
+    state = load_checkpoint(ckpt)
+    state["plan"] = "fit_one_cycle(1, lr_max=0.001, ...) with 3 batches per epoch"
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="earlier imageblocks"):
+        _learner(voc).fit_one_cycle(1, 1e-3, resume=ckpt)
+
+
 def test_same_seed_same_split_first_batch_and_losses(voc):
     runs = []
     for _ in range(2):

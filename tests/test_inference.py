@@ -31,15 +31,15 @@ def test_onnx_predict_equals_pytorch_and_follows_training(voc):
     learn = _learner(voc)
     img = voc / "train" / "000001.jpg"
     fast = learn.predict(img)
-    assert learn._runner.session is not None and learn._runner.unavailable is None
+    assert learn.onnx_runner.session is not None and learn.onnx_runner.unavailable is None
     slow = _torch_predict(learn, img)
     # PyTorch computes the body in bfloat16 on CPUs that have it: agree to its precision
     assert torch.allclose(fast[2], slow[2], atol=2e-2)
 
     learn.fit(1, 1e-2)  # the weights change: the next predict must use the new ones
-    session = learn._runner.session
+    session = learn.onnx_runner.session
     after = learn.predict(img)
-    assert learn._runner.session is not session
+    assert learn.onnx_runner.session is not session
     assert not torch.allclose(after[2], fast[2], atol=1e-4)
     learn.precision = "fp32"
     assert torch.allclose(after[2], _torch_predict(learn, img)[2], atol=1e-4)
@@ -56,7 +56,7 @@ def test_predict_falls_back_to_pytorch_without_onnxruntime(voc, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_ort)
     labels, mask, probs = learn.predict(voc / "train" / "000002.jpg")
-    assert learn._runner.unavailable == "onnxruntime is not installed"
+    assert learn.onnx_runner.unavailable == "onnxruntime is not installed"
     assert probs.shape == (len(learn.dls.vocab),) and mask.dtype == torch.bool
 
 

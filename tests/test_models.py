@@ -18,22 +18,18 @@ from torch import nn
 
 from imageblocks.models.backbones import (
     ARCHS,
-    NORM_TYPES,
     Body,
     VisionModel,
     WeightsUnavailableError,
     create_body,
     create_vision_model,
     efficientnet_lite0,
-    freeze_body,
-    freeze_to,
     get_arch,
     map_state_dict_in_order,
-    param_groups,
     resnet18,
     resnet34,
-    unfreeze,
 )
+from imageblocks.models.freezing import NORM_TYPES, freeze_body, freeze_to, param_groups, unfreeze
 from imageblocks.models.head import AdaptiveConcatPool2d, SigmoidRange, create_head, sigmoid_range
 
 MILITARY_UNIFORM = 652  # ImageNet class of matplotlib's photo of Grace Hopper

@@ -1,6 +1,7 @@
 """Schedules (one-cycle, discriminative LRs, fine_tune plan) and the LR-finder suggestions."""
 
 import math
+from dataclasses import replace
 from functools import partial
 
 import matplotlib.pyplot as plt
@@ -22,6 +23,7 @@ from imageblocks.learn.lr_find import (
     suggest,
     valley,
 )
+from imageblocks.learn.plan import TrainingPlan
 from imageblocks.learn.schedule import (
     FitPhase,
     combined_cos,
@@ -235,3 +237,31 @@ def test_plot_lr_find_returns_a_figure():
         assert plot_lr_find(lrs, loss, {"valley": sugg.valley}, ax=ax) is fig
     finally:
         plt.close(fig)
+
+
+def test_a_plan_survives_a_checkpoint_and_names_its_differences(tmp_path):
+    plan = TrainingPlan("fine_tune", tuple(fine_tune_plan(2, base_lr=1e-3)), 6, 1e-2)
+    torch.save({"plan": plan.to_dict()}, tmp_path / "plan.pt")
+    stored = torch.load(tmp_path / "plan.pt", weights_only=True)["plan"]  # plain data only
+    assert plan.differences(stored) == []
+    other = TrainingPlan("fine_tune", tuple(fine_tune_plan(3, base_lr=1e-3)), 7, 1e-2)
+    assert other.differences(stored) == [
+        "phases[1].epochs: the checkpoint has 2, this call 3",
+        "batches_per_epoch: the checkpoint has 6, this call 7",
+    ]
+    shorter = TrainingPlan("fine_tune", tuple(fine_tune_plan(2, 1e-3, freeze_epochs=0)), 6, 1e-2)
+    assert shorter.differences(stored)[0] == "phases.count: the checkpoint has 2, this call 1"
+
+
+def test_constant_phase_schedule_has_no_momentum():
+    phase = FitPhase(None, 2, slice(1e-4, 1e-2), pct_start=0.0, div=1.0, kind="constant")
+    lrs, moms = phase.schedule(n_groups=3, steps_per_epoch=5)
+    assert moms is None and lrs.shape == (10, 3)
+    assert torch.allclose(lrs[0], torch.tensor([1e-4, 1e-3, 1e-2], dtype=torch.float64))
+    assert torch.equal(lrs[0], lrs[-1])
+    lrs, moms = replace(phase, kind="one_cycle", pct_start=0.25, moms=(0.95, 0.85, 0.95)).schedule(
+        3, 5
+    )
+    assert moms.shape == (10,) and moms[0] == 0.95
+    with pytest.raises(ValueError, match="unknown phase kind"):
+        FitPhase(None, 1, 1e-3, 0.25, 25.0, kind="linear")

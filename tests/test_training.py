@@ -13,10 +13,12 @@ from PIL import Image, ImageDraw
 from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
 from imageblocks.data.splitters import ColSplitter
+from imageblocks.learn.callbacks import Callback
 from imageblocks.learn.export import load_learner
 from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.metrics import accuracy_multi, mean_average_precision, pixel_error
 from imageblocks.transforms.item import Resize
+from tests.conftest import voc_block
 
 
 def _shapes_dataset(root, n: int = 96, size: int = 48, seed: int = 0) -> pd.DataFrame:
@@ -116,3 +118,41 @@ def test_mixed_precision_trains(tmp_path, precision):
     learn = vision_learner(dls, "resnet18", pretrained=False, y_range=(-1, 1)).to_bf16()
     learn.fit_one_cycle(1, 1e-3)
     assert np.isfinite(learn.recorder.values[-1][1])
+
+
+class _DecaySeen(Callback):
+    """Records the optimiser and the weight decay of its decaying groups when a fit starts."""
+
+    def __init__(self) -> None:
+        self.opts: list = []
+        self.wds: set[float] = set()
+
+    def before_fit(self, learn) -> None:
+        self.opts.append(learn.opt)
+        self.wds |= {g["weight_decay"] for g in learn.opt.param_groups if g["decay"]}
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        lambda learn, cbs: learn.fit(1, 1e-3, wd=0.5, cbs=cbs),
+        lambda learn, cbs: learn.fit_one_cycle(1, 1e-3, wd=0.5, cbs=cbs),
+        lambda learn, cbs: learn.fine_tune(1, 1e-3, freeze_epochs=1, wd=0.5, cbs=cbs),
+    ],
+    ids=["fit", "fit_one_cycle", "fine_tune"],
+)
+def test_wd_holds_for_that_fit_only_and_keeps_the_optimiser_state(voc, train):
+    torch.manual_seed(0)
+    df, dblock = voc_block(voc, Resize(32))
+    learn = vision_learner(
+        dblock.dataloaders(df, bs=4, num_workers=0), "resnet18", pretrained=False
+    )
+    head_weight = learn.layer_groups()[-1][-1]
+    learn.fit(1, 1e-3)
+    opt, steps_before = learn.opt, int(learn.opt.state[head_weight]["step"])
+    seen = _DecaySeen()
+    train(learn, [seen])
+    assert seen.wds == {0.5} and all(o is opt for o in seen.opts)  # the fit used wd=0.5
+    assert learn.wd == 1e-2 and learn.opt is opt  # nothing overwritten, nothing rebuilt
+    assert {g["weight_decay"] for g in opt.param_groups if g["decay"]} == {1e-2}
+    assert int(opt.state[head_weight]["step"]) > steps_before  # Adam's moments carried on

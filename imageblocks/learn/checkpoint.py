@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from imageblocks.learn.plan import TrainingPlan
+
 FORMAT = 1
 
 
@@ -32,14 +34,14 @@ class Checkpointer:
     """Where a training call writes its checkpoints, and which call and phase is running."""
 
     path: Path
-    plan: str  # the training call with its arguments: a resume must repeat it
+    plan: TrainingPlan  # the training call with its arguments: a resume must repeat it
     phase: int = 0
 
     def save(self, learn: Any, epoch: int, n_epoch: int) -> Path:
         """Write the learner's state after `epoch` completed epochs of `n_epoch` in this phase."""
         state = {
             "format": FORMAT,
-            "plan": self.plan,
+            "plan": self.plan.to_dict(),
             "phase": self.phase,
             "epoch": epoch,
             "n_epoch": n_epoch,
@@ -94,12 +96,21 @@ def load_checkpoint(path: Any) -> dict[str, Any]:
     return state
 
 
-def check_plan(state: dict[str, Any], plan: str, path: Any) -> None:
-    """Refuse to resume a checkpoint into a different training call."""
-    if state["plan"] != plan:
+def check_plan(state: dict[str, Any], plan: TrainingPlan, path: Any) -> None:
+    """Refuse to resume a checkpoint into a different training call, naming what differs."""
+    saved = state["plan"]
+    if not isinstance(saved, dict):  # before plans were data: the call as text
         raise CheckpointError(
-            f"the checkpoint {path} was written by `{state['plan']}` but this call is `{plan}`: "
-            "resume with the same call and arguments, or start afresh without resume"
+            f"the checkpoint {path} was written by an earlier imageblocks (`{saved}`): resume it "
+            "with that version, or start afresh without resume"
+        )
+    diffs = plan.differences(saved)
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise CheckpointError(
+            f"the checkpoint {path} belongs to a different training call (it was "
+            f"{saved.get('call')}, this is {plan.call}; {shown}): resume with the same call and "
+            "arguments, or start afresh without resume"
         )
 
 

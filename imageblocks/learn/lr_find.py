@@ -1,18 +1,20 @@
-"""The LR range test minus the training: LR steps, smoothing, stopping, suggestions, plot.
+"""The LR range test: LR steps, smoothing, stopping, the test itself, suggestions, plot.
 
-The Learner trains for up to `num_it` batches with exponentially growing learning rates
-(`exponential_lrs`), smooths the losses (`smooth_losses` or `LossSmoother`), stops on divergence
-(`should_stop`), then calls `suggest` and `plot_lr_find` on what it recorded.
+`range_test` trains a learner for up to `num_it` batches with exponentially growing learning
+rates (`exponential_lrs`), smooths the losses (`LossSmoother`, or `smooth_losses` for a whole
+curve), stops on divergence (`should_stop`) and puts the model and optimiser back;
+`Learner.lr_find` then calls `suggest` and `plot_lr_find` on what it recorded.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import re
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,8 +22,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from imageblocks.learn import distributed
+
+if TYPE_CHECKING:
+    from imageblocks.learn.learner import Learner
+
 __all__ = [
     "exponential_lrs",
+    "range_test",
     "smooth_losses",
     "LossSmoother",
     "should_stop",
@@ -72,6 +80,54 @@ def should_stop(
     if not math.isfinite(loss) or loss > div_factor * float(best_loss):
         return True
     return num_it is not None and it + 1 >= num_it
+
+
+def range_test(
+    learn: Learner,
+    start_lr: float = 1e-7,
+    end_lr: float = 10,
+    num_it: int = 100,
+    stop_div: bool = True,
+) -> tuple[list[float], list[float]]:
+    """Train `learn` with exponentially growing rates until the loss diverges (or `num_it`
+    batches); the finite (lr, smoothed loss) points. The model and optimiser are put back."""
+    if learn.opt is None:
+        learn.create_opt()
+    state = copy.deepcopy(learn.model.state_dict())
+    opt_state = copy.deepcopy(learn.opt.state_dict())
+    lrs_sched = exponential_lrs(start_lr, end_lr, num_it)
+    n_groups = len(learn.layer_groups())
+    smoother, lrs, losses, best = LossSmoother(0.98), [], [], float("inf")
+    train = distributed.shard_loader(learn.dls.train)
+    if len(train) == 0:
+        raise ValueError("the training loader has no batch: use a smaller batch size")
+    learn.model.train()
+    it = 0
+    try:
+        while it < num_it:
+            for b in train:
+                lr = float(lrs_sched[it])
+                learn.set_hypers([lr] * n_groups, None)
+                try:
+                    raw = learn.train_step(b)
+                except FloatingPointError:
+                    raw = float("nan")
+                smooth = smoother(raw) if np.isfinite(raw) else float("nan")
+                lrs.append(lr)
+                losses.append(smooth)
+                if np.isfinite(smooth):
+                    best = min(best, smooth)
+                if stop_div and should_stop(smooth, best, it, num_it):
+                    it = num_it
+                    break
+                it += 1
+                if it >= num_it:
+                    break
+    finally:
+        learn.model.load_state_dict(state)
+        learn.opt.load_state_dict(opt_state)
+    finite = [(a, b) for a, b in zip(lrs, losses) if np.isfinite(b)]
+    return [a for a, _ in finite], [b for _, b in finite]
 
 
 def _np(x: Curve) -> np.ndarray:

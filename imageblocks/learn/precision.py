@@ -8,6 +8,7 @@ float32 (see `VisionModel.forward`), so regression outputs keep their precision.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -49,3 +50,11 @@ def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype |
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def autocast(precision: str | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """`torch.autocast` in the dtype `precision` picks on `device`, or a no-op for float32."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -154,19 +154,43 @@ def set_hypers(
 
 @dataclass(frozen=True)
 class FitPhase:
-    """One `fit_one_cycle` call of a plan: body frozen or not, epochs, lr, schedule shape."""
+    """One phase of a training call: body frozen or not, epochs, lr, schedule shape.
 
-    frozen: bool
+    `frozen=None` leaves the model's freezing as it is (`fit`, `fit_one_cycle`). `kind` is
+    `"one_cycle"` (warm up, anneal; momentum `moms` cycles the other way when given) or
+    `"constant"` (the lr throughout; `pct_start`, `div`, `div_final`, `moms` unused).
+    """
+
+    frozen: bool | None
     epochs: int
-    lr: float | slice
+    lr: float | slice | tuple[float, ...]
     pct_start: float
     div: float
     div_final: float = 1e5
+    moms: tuple[float, float, float] | None = None
+    kind: str = "one_cycle"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("one_cycle", "constant"):
+            raise ValueError(f"unknown phase kind {self.kind!r}: use 'one_cycle' or 'constant'")
 
     def lrs(self, n_groups: int, steps_per_epoch: int) -> Tensor:
         """Per-step, per-group learning rates of this phase, shape (epochs * steps, n_groups)."""
+        return self._lrs(n_groups, self.epochs * steps_per_epoch)
+
+    def schedule(self, n_groups: int, steps_per_epoch: int) -> tuple[Tensor, Tensor | None]:
+        """Per-step learning rates (steps, n_groups) and momentums (steps,) or None; at least
+        one step, so a phase of no batch still has a rate to start from."""
+        steps = max(1, self.epochs * steps_per_epoch)
+        lrs = self._lrs(n_groups, steps)
+        if self.kind == "constant" or self.moms is None:
+            return lrs, None
+        return lrs, one_cycle_moms(steps, self.pct_start, self.moms)
+
+    def _lrs(self, n_groups: int, total: int) -> Tensor:
         lr_max = discriminative_lrs(self.lr, n_groups)
-        total = self.epochs * steps_per_epoch
+        if self.kind == "constant":
+            return torch.tensor([lr_max] * total, dtype=torch.float64)
         return one_cycle_lrs(lr_max, total, self.pct_start, self.div, self.div_final)
 
 

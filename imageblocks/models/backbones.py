@@ -20,7 +20,7 @@ from pathlib import Path
 import timm
 import torch
 from huggingface_hub import try_to_load_from_cache
-from timm.models import get_pretrained_cfg, group_parameters
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 from imageblocks.models.head import create_head
@@ -31,19 +31,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_URL = "https://download.pytorch.org/models"
 WEIGHTS_URL_ENV = "IMAGEBLOCKS_WEIGHTS_URL"  # a mirror serving torchvision's weight files
 HF_URL = "https://huggingface.co"
-
-# Layers whose parameters keep training in a frozen body.
-NORM_TYPES = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-)
 
 WeightsPath = str | os.PathLike
 
@@ -471,58 +458,3 @@ def create_vision_model(
         "bn_final": bn_final,
     }
     return VisionModel(body.module, head, body.name, body.mean, body.std, config)
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer groups and freezing
-
-
-def _body_groups(body: nn.Module) -> list[list[nn.Parameter]]:
-    """The body's parameters in two halves, stem side first, when timm knows its stages."""
-    matcher = getattr(body, "group_matcher", None)
-    if matcher is None:
-        return [list(body.parameters())]
-    named = dict(body.named_parameters())
-    by_group = group_parameters(body, matcher(coarse=True))
-    ids = sorted(by_group)
-    cut = (len(ids) + 1) // 2  # ResNet: stem, layer1, layer2 | layer3, layer4
-    return [
-        [named[n] for g in ids[:cut] for n in by_group[g]],
-        [named[n] for g in ids[cut:] for n in by_group[g]],
-    ]
-
-
-def param_groups(model: nn.Module) -> list[list[nn.Parameter]]:
-    """Layer groups for discriminative learning rates: the body's (usually two), then the head."""
-    if not (isinstance(model, nn.Sequential) and len(model) >= 2):
-        return [list(model.parameters())]
-    head = [p for i in range(1, len(model)) for p in model[i].parameters()]
-    return [g for g in [*_body_groups(model[0]), head] if g]
-
-
-def freeze_to(model: nn.Module, n: int) -> None:
-    """Freeze the first `n` groups of `param_groups` (negative: all but the last `-n`).
-
-    Normalisation layers in frozen groups keep training: their statistics must follow the new data.
-    """
-    norm = {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, NORM_TYPES)
-        for p in m.parameters(recurse=False)
-    }
-    groups = param_groups(model)
-    n_frozen = n if n >= 0 else max(len(groups) + n, 0)
-    for i, group in enumerate(groups):
-        for p in group:
-            p.requires_grad_(i >= n_frozen or id(p) in norm)
-
-
-def freeze_body(model: nn.Module) -> None:
-    """Train only the head (and the body's normalisation layers)."""
-    freeze_to(model, -1)
-
-
-def unfreeze(model: nn.Module) -> None:
-    """Train every parameter."""
-    freeze_to(model, 0)

@@ -1,0 +1,132 @@
+"""Prediction: a loader, one image or many through a learner, outputs decoded to labels or pixels.
+
+The Learner (`get_preds`, `predict`, `predict_batch`, `decode_preds`), the CLI and the service
+share these functions, so a decision (a threshold, a point's pixel) is made in one place. Multi-label:
+(labels, boolean mask, probabilities); single label: (label, index, probabilities); points:
+(points in the input image's pixels (n, 2), points in [-1, 1], the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from imageblocks.data.blocks import Task, task_of
+from imageblocks.data.loaders import DataLoader, collate
+from imageblocks.image import decode_image
+from imageblocks.learn import distributed
+from imageblocks.learn.inference import one_thread
+from imageblocks.transforms.item import source_region
+
+if TYPE_CHECKING:
+    from imageblocks.learn.learner import Learner
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def activation(loss_func: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss's activation (sigmoid for multi-label, softmax for single label), else none."""
+    return getattr(loss_func, "activation", _identity)
+
+
+@torch.no_grad()
+def raw_preds(learn: Learner, dl: DataLoader, with_input: bool = False) -> tuple:
+    """Raw model outputs, targets (and inputs) for every batch of `dl`, concatenated; under
+    torchrun every process gets the whole set, in order."""
+    if len(dl.dataset) == 0:
+        raise ValueError(
+            "there is nothing to predict: this set is empty (an empty validation split?); "
+            "give the splitter some validation items, or pass dl="
+        )
+    learn.model.eval()
+    distributed.sync_buffers(learn.model)
+    preds, targs, inputs = [], [], []
+    for b in distributed.shard_loader(dl):
+        xs, ys = learn.split_batch(b)
+        with learn.autocast():
+            out = learn.model(*xs)
+        preds.append(out.float())
+        if ys:
+            targs.append(ys[0])
+        if with_input:
+            inputs.append(xs[0])
+    n = len(dl.dataset)
+    return tuple(
+        distributed.gather(torch.cat(ts), n) if ts else None for ts in (preds, targs, inputs)
+    )
+
+
+def get_preds(
+    learn: Learner,
+    dl: DataLoader,
+    with_input: bool = False,
+    with_decoded: bool = False,
+    act: Callable | None = None,
+) -> tuple:
+    """(predictions after the loss's activation, targets), in the loader's order; the inputs
+    first `with_input`, the decisions last `with_decoded`."""
+    raw, targs, inputs = raw_preds(learn, dl, with_input)
+    preds = (act or activation(learn.loss_func))(raw)
+    if targs is not None and preds.numel() == targs.numel() and preds.shape != targs.shape:
+        preds = preds.reshape(targs.shape)  # points: (B, 2n) -> (B, n, 2)
+    res: list[Any] = [preds, targs]
+    if with_decoded:
+        res.append(decode_preds(learn, preds))
+    if with_input:
+        res.insert(0, inputs)
+    return tuple(res)
+
+
+def decode_preds(learn: Learner, preds: torch.Tensor) -> torch.Tensor:
+    """Activated predictions to decisions (multi-label: per-class thresholds when tuned)."""
+    if learn.thresholds is not None:
+        return preds > torch.as_tensor(learn.thresholds, dtype=preds.dtype, device=preds.device)
+    return getattr(learn.loss_func, "decodes", _identity)(preds)
+
+
+def prediction(learn: Learner, item: Any, preds: torch.Tensor) -> tuple:
+    """One item's activated predictions as `predict` returns them."""
+    target = learn.dls.target_block
+    if task_of(target) is Task.POINTS:
+        rel = preds.reshape(-1, 2)
+        _, (w, h) = decode_image(item, draft=(1, 1))  # only the full size is needed
+        x0, y0, x1, y1 = source_region(learn.dls.item_tfms, w, h)
+        pix = (rel + 1) / 2 * torch.tensor([x1 - x0, y1 - y0]) + torch.tensor([x0, y0])
+        return pix, rel, rel
+    vocab = getattr(target, "vocab", None)
+    decoded = decode_preds(learn, preds[None])[0].cpu()
+    if vocab is not None and decoded.dtype == torch.bool:
+        return vocab[decoded], decoded, preds
+    if vocab is not None:
+        return vocab[int(decoded)], decoded, preds
+    return decoded, decoded, preds
+
+
+def predict(learn: Learner, item: Any) -> tuple:
+    """Predict one image (path, bytes, PIL image or array); see the module for what comes back."""
+    dl = learn.dls.test_dl([item])
+    n_inp = learn.dls.n_inp
+    with one_thread():
+        xs = dl.process(collate([dl.dataset[0]]))[:n_inp]  # no loader for one item
+    raw = learn.onnx_runner(learn.model, xs[0]) if len(xs) == 1 and learn.fast_predict else None
+    if raw is None:
+        learn.model.eval()
+        xs, _ = learn.split_batch(xs)
+        with torch.inference_mode(), learn.autocast():
+            raw = learn.model(*xs).float()
+    with one_thread():
+        preds = activation(learn.loss_func)(raw)[0].cpu()
+    return prediction(learn, item, preds)
+
+
+def predict_batch(learn: Learner, items: Sequence[Any], bs: int | None = None) -> list[tuple]:
+    """`predict` for many images, batched: a list of its results."""
+    items = list(items)
+    if not items:
+        return []
+    preds, _ = learn.get_preds(dl=learn.dls.test_dl(items, bs=bs))
+    return [prediction(learn, item, p.reshape(-1).cpu()) for item, p in zip(items, preds)]
