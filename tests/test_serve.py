@@ -9,11 +9,15 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from typer.testing import CliRunner
 
+import imageblocks.serve.app as serve_app
+from imageblocks.cli import app as cli_app
 from imageblocks.learn.export import load_learner
 from imageblocks.serve.app import MULTIPART_OVERHEAD, create_app, sniff_format
 from tests.serve_models import (
@@ -274,3 +278,38 @@ def test_model_calls_are_bounded_by_max_concurrency(models):
 
     assert asyncio.run(burst()) == [200] * 6
     assert active[1] == 2
+
+
+def test_the_pixel_budget_counts_what_is_really_decoded(models):
+    gradient = np.tile(np.linspace(0, 255, 2000, dtype=np.uint8), (1500, 1))
+    img = Image.fromarray(np.dstack([gradient] * 3))
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    img.save(jpeg, "JPEG")
+    img.save(png, "PNG")
+    with TestClient(create_app(models["ml"], max_pixels=1_000_000)) as c:
+        assert c.get("/info").json()["max_pixels"] == 1_000_000
+        # 3 MP JPEG decoded at 1/8 scale for the 32 px model: 250x188 pixels.
+        assert post(c, jpeg.getvalue()).status_code == 200
+        r = post(c, png.getvalue(), "big.png")  # a PNG decodes at full size
+        assert r.status_code == 413 and "2000x1500 decodes to 3.0 million pixels" in r.text
+        assert "limit of 1 million pixels" in r.json()["detail"]
+
+
+def test_the_serve_command_passes_the_limits_on(models, monkeypatch):
+    calls = []
+    monkeypatch.setattr(serve_app, "serve", lambda *a, **kw: calls.append((a, kw)))
+    args = ["serve", str(models["ml"]), "--host", "0.0.0.0", "--allowed-host", "api.example"]
+    args += ["--allowed-host", "box.lan", "--max-pixels", "5000000", "--max-requests", "8"]
+    args += ["--body-timeout", "20", "--header-timeout", "3", "--max-upload-mb", "2"]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    ((positional, kw),) = calls
+    assert positional[1:] == ("0.0.0.0", 8000)
+    assert kw == {
+        "allowed_hosts": ["api.example", "box.lan"],
+        "max_upload_mb": 2.0,
+        "max_pixels": 5_000_000,
+        "max_requests": 8,
+        "body_timeout": 20.0,
+        "header_timeout": 3.0,
+    }

@@ -2,19 +2,27 @@
 
 Every upload is checked before the model sees it, cheapest check first: the size (Content-Length,
 then counted while streaming, never reading past the limit), the magic bytes (an image type we
-accept), the header's declared dimensions (decompression bombs), and only then a full decode.
+accept), the header's dimensions against the pixel budget (counted at the size that will really
+be decoded: a JPEG at its reduced DCT scale), and only then a full decode.
 Clients get a status code and a short message; details and tracebacks go to the log only.
+
+Load is bounded by requests, not connections: at most `max_requests` predictions in progress
+(receiving, waiting or running; 503 with `Retry-After` beyond), `max_concurrency` of them in the
+model at once; a waiting upload stays spooled (1 MB in memory, the rest in a temporary file).
+`/health`, `/info` and the page are never limited. Bodies have a deadline (`body_timeout`, 408)
+and early answers are readable (`guard.BodyGuard`); `serve` adds the header deadline and the
+allowed `Host` names (`server`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
-import io
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -22,21 +30,27 @@ from typing import Any
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
-from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
+from uvicorn import Server
 
 from imageblocks import __version__
 from imageblocks.errors import ItemError
+from imageblocks.image import ImageTooLarge, _scaled_size, probe_image
 from imageblocks.learn.export import load_learner
+from imageblocks.serve.guard import BodyGuard, BodyTimeout
+from imageblocks.serve.limits import RequestLimit
+from imageblocks.serve.server import allowed_hosts_for, uvicorn_config
 
 log = logging.getLogger("imageblocks.serve")
 
 MB = 1024 * 1024
 MULTIPART_OVERHEAD = 16 * 1024  # room for boundaries and part headers around the file
-EXIF_ORIENTATION, SWAPS_AXES = 0x0112, {5, 6, 7, 8}  # orientations rotated by 90 or 270 degrees
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+DEFAULT_MAX_PIXELS = 16_000_000  # decoded pixels: a 12 MP phone photo at full size passes
+RETRY_AFTER_S = 1
 MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -83,8 +97,13 @@ async def _bounded(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         yield chunk
 
 
-async def read_upload(request: Request, limit: int) -> bytes:
-    """The bytes of the multipart field `file`, at most `limit` of them (413, 415 or 400 if not)."""
+@contextlib.asynccontextmanager
+async def receive_upload(request: Request, limit: int) -> AsyncIterator[UploadFile]:
+    """The multipart field `file`, at most `limit` bytes, spooled (413, 415, 408 or 400 if not).
+
+    The file stays in starlette's spool (memory up to 1 MB, then a temporary file) until the
+    caller reads it; it is deleted on leaving the block.
+    """
     too_large = HTTPException(413, f"The upload is larger than the limit of {limit / MB:g} MB.")
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise HTTPException(415, "Send the image as multipart/form-data, in a field named 'file'.")
@@ -104,41 +123,54 @@ async def read_upload(request: Request, limit: int) -> bytes:
         raise too_large from None
     except MultiPartException as e:
         raise HTTPException(400, f"Malformed multipart body: {e.message}") from None
+    except BodyTimeout as e:
+        raise HTTPException(
+            408, f"The upload did not arrive within the server's limit of {e.seconds:g} s."
+        ) from None
+    except ClientDisconnect:
+        client = request.client
+        log.info(
+            "%s went away during its upload", f"{client[0]}:{client[1]}" if client else "a client"
+        )
+        raise HTTPException(400, "The client disconnected during the upload.") from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise HTTPException(400, "No file in the request: send it in a field named 'file'.")
-        data = await upload.read(limit + 1)
+        if upload.size is not None and upload.size > limit:
+            raise too_large
+        if not upload.size:
+            raise HTTPException(400, "The uploaded file is empty.")
+        yield upload
     finally:
         await form.close()
-    if len(data) > limit:
-        raise too_large
-    if not data:
-        raise HTTPException(400, "The uploaded file is empty.")
-    return data
 
 
-def check_header(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """(width, height) declared by the image header, read without decoding pixels (400 or 413).
+def check_header(data: bytes, max_pixels: int, draft: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) shown by the image, from its header alone; 413 over the pixel budget.
 
-    The size is the one `decode_image` reports, which `Learner.predict` maps points into: JPEG
-    EXIF rotations by 90 degrees swap it. (Pillow's `getexif` decodes a whole PNG: not called.)
+    The budget counts the pixels the model's decode allocates: a JPEG decoded at reduced DCT
+    scale to at least `draft` (the model's resize) counts at that scale, any other format at
+    full size. The size returned is the displayed one (EXIF orientation applied), the one
+    `Learner.predict` maps points into.
     """
-    too_large = HTTPException(
-        413, f"The image is too large: more than {max_pixels / 1e6:g} million pixels."
-    )
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise too_large
-            if img.format == "JPEG" and img.getexif().get(EXIF_ORIENTATION, 1) in SWAPS_AXES:
-                w, h = h, w
-    except Image.DecompressionBombError:
-        raise too_large from None  # Pillow's own, higher, limit
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        probe = probe_image(data)
+    except ImageTooLarge:  # over Pillow's own decompression-bomb limit
+        raise HTTPException(
+            413, f"The image is too large: more than {max_pixels / 1e6:g} million pixels."
+        ) from None
+    except ItemError as e:
         log.info("unreadable image header: %s", e)
         raise HTTPException(400, "The image header is unreadable: the file is corrupt.") from None
+    w, h = probe.width, probe.height
+    dw, dh = _scaled_size(w, h, draft) if probe.format == "JPEG" else (w, h)
+    if dw * dh > max_pixels:
+        raise HTTPException(
+            413,
+            f"The image is too large: {w}x{h} decodes to {dw * dh / 1e6:.1f} million pixels, "
+            f"more than the limit of {max_pixels / 1e6:g} million pixels.",
+        )
     return w, h
 
 
@@ -179,18 +211,31 @@ def create_app(
     model_dir: str | Path,
     max_upload_mb: float = 10,
     max_concurrency: int = 4,
-    max_pixels: int = 50_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_requests: int = 64,
+    body_timeout: float = 60.0,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
-    """A FastAPI app serving the model exported in `model_dir` (loaded once, here)."""
-    if max_upload_mb <= 0 or max_concurrency < 1 or max_pixels < 1:
-        raise ValueError("max_upload_mb, max_concurrency and max_pixels must be positive")
+    """A FastAPI app serving the model exported in `model_dir` (loaded once, here).
+
+    `max_requests` predictions in progress at most (503 + Retry-After beyond), `max_concurrency`
+    of them in the model; `max_pixels` decoded pixels per image (413 from the header beyond);
+    `body_timeout` seconds for a whole upload (408); `allowed_hosts`: the `Host` names answered
+    (400 "Invalid host header" for others; None: any).
+    """
+    if max_upload_mb <= 0 or max_concurrency < 1 or max_pixels < 1 or max_requests < 1:
+        raise ValueError(
+            "max_upload_mb, max_concurrency, max_pixels and max_requests must be positive"
+        )
     learn = load_learner(model_dir)
     config = learn.config
     task = config["task"]
     vocab = [str(v) for v in config.get("vocab") or []]
     thresholds = _thresholds(learn, vocab) if task == "multilabel" else None
     limit = int(max_upload_mb * MB)
+    draft = learn.dls.valid.dataset.draft  # the size JPEGs decode down to, as predict does
     semaphore = asyncio.Semaphore(max_concurrency)
+    in_progress = RequestLimit(max_requests)
     html, csp = _page()
     info = {
         "task": task,
@@ -200,6 +245,7 @@ def create_app(
         "input_size": _input_size(config),
         "max_upload_bytes": limit,
         "max_pixels": max_pixels,
+        "max_requests": max_requests,
         "library_version": __version__,
     }
     app = FastAPI(
@@ -210,10 +256,14 @@ def create_app(
         redoc_url=None,
     )
     app.state.learner = learn
+    app.state.requests = in_progress
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
+    app.add_middleware(BodyGuard, body_timeout=body_timeout)  # outermost: sees every answer
 
     def run_model(data: bytes) -> dict[str, Any]:
         """Check the header, decode and predict; runs in a worker thread."""
-        size = check_header(data, max_pixels)
+        size = check_header(data, max_pixels, draft)
         try:
             out = learn.predict(data)
         except ItemError as e:
@@ -253,31 +303,44 @@ def create_app(
         return HTMLResponse(html, headers=headers)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness: the model is loaded."""
+    async def health() -> dict[str, Any]:
+        """Liveness: the model is loaded (answered on the event loop, never queued)."""
         return {"status": "ok", "task": task, "arch": info["arch"], "classes": len(vocab)}
 
     @app.get("/info")
-    def model_info() -> dict[str, Any]:
+    async def model_info() -> dict[str, Any]:
         """What the model predicts and what uploads it accepts."""
         return info
 
     @app.post("/predict", openapi_extra=UPLOAD_SCHEMA)
     async def predict(request: Request) -> dict[str, Any]:
         """Predict one image sent as multipart/form-data field `file`."""
-        data = await read_upload(request, limit)
-        if sniff_format(data) is None:
+        if not in_progress.enter():
             raise HTTPException(
-                415, "Not a supported image: send a JPEG, PNG, WebP, BMP, GIF or TIFF file."
+                503,
+                f"The server is busy ({max_requests} predictions in progress): "
+                f"retry in {RETRY_AFTER_S} s.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        async with semaphore:
-            try:
-                return await run_in_threadpool(run_model, data)
-            except HTTPException:
-                raise
-            except Exception:
-                log.exception("prediction failed")
-                raise HTTPException(500, "Internal error: the prediction failed.") from None
+        try:
+            async with receive_upload(request, limit) as upload:
+                if sniff_format(await upload.read(16)) is None:
+                    raise HTTPException(
+                        415,
+                        "Not a supported image: send a JPEG, PNG, WebP, BMP, GIF or TIFF file.",
+                    )
+                async with semaphore:
+                    await upload.seek(0)
+                    data = await upload.read()
+                    try:
+                        return await run_in_threadpool(run_model, data)
+                    except HTTPException:
+                        raise
+                    except Exception:
+                        log.exception("prediction failed")
+                        raise HTTPException(500, "Internal error: the prediction failed.") from None
+        finally:
+            in_progress.leave()
 
     return app
 
@@ -288,13 +351,25 @@ def serve(
     port: int = 8000,
     max_upload_mb: float = 10,
     max_concurrency: int = 4,
-    max_pixels: int = 50_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_requests: int = 64,
+    body_timeout: float = 60.0,
+    header_timeout: float = 10.0,
+    allowed_hosts: Sequence[str] = (),
     **uvicorn_kw: Any,
 ) -> None:
-    """Serve the model in `model_dir` over HTTP with uvicorn (blocks until stopped)."""
-    import uvicorn
+    """Serve the model in `model_dir` over HTTP with uvicorn (blocks until stopped).
 
-    app = create_app(model_dir, max_upload_mb, max_concurrency, max_pixels)
-    # Connections beyond this get 503: bounds the memory held by uploads waiting for the model.
-    uvicorn_kw.setdefault("limit_concurrency", 8 * max_concurrency + 8)
-    uvicorn.run(app, host=host, port=port, **uvicorn_kw)
+    `allowed_hosts` adds `Host` names to those of the bound address (`allowed_hosts_for`);
+    `header_timeout` closes connections that do not finish a request's headers in time.
+    """
+    app = create_app(
+        model_dir,
+        max_upload_mb,
+        max_concurrency,
+        max_pixels,
+        max_requests,
+        body_timeout,
+        allowed_hosts_for(host, allowed_hosts),
+    )
+    Server(uvicorn_config(app, host, port, header_timeout, **uvicorn_kw)).run()
