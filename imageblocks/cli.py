@@ -852,6 +852,31 @@ def serve(
     model: Path = typer.Argument(..., help="Model folder."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port."),
+    allowed_host: list[str] | None = typer.Option(
+        None,
+        "--allowed-host",
+        help="Also answer requests for this Host name (repeatable; '*': any). Loopback allows "
+        "127.0.0.1, localhost, [::1]; 0.0.0.0 allows any name unless some are given.",
+    ),
+    max_upload_mb: float | None = typer.Option(None, help="Largest upload in MB (default 10)."),
+    max_pixels: int | None = typer.Option(
+        None,
+        help="Most pixels decoded per image; JPEGs count at their reduced decode scale "
+        "(default 16000000). Larger: 413 from the header.",
+    ),
+    max_concurrency: int | None = typer.Option(
+        None, help="Predictions running at once (default 4)."
+    ),
+    max_requests: int | None = typer.Option(
+        None,
+        help="Predictions in progress (uploading, waiting, running) (default 64); 503 beyond.",
+    ),
+    body_timeout: float | None = typer.Option(
+        None, help="Seconds for a whole upload to arrive (default 60); 408 after."
+    ),
+    header_timeout: float | None = typer.Option(
+        None, help="Seconds for a request's headers to arrive (default 10); closed after."
+    ),
 ) -> None:
     """Serve a model over HTTP: a web page and a JSON API."""
     with _user_errors():
@@ -866,8 +891,22 @@ def serve(
             raise CliError(
                 f"the web service needs its extras ({e.name or e}): pip install 'imageblocks[serve]'"
             ) from None
+        limits = {
+            "max_upload_mb": max_upload_mb,
+            "max_pixels": max_pixels,
+            "max_concurrency": max_concurrency,
+            "max_requests": max_requests,
+            "body_timeout": body_timeout,
+            "header_timeout": header_timeout,
+        }
         typer.echo(f"serving {model} on http://{host}:{port}  (Ctrl+C stops)")
-        serve_model(model, host, port)
+        serve_model(
+            model,
+            host,
+            port,
+            allowed_hosts=allowed_host or (),
+            **{k: v for k, v in limits.items() if v is not None},
+        )
 
 
 # --- demo -----------------------------------------------------------------------------------
