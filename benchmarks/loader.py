@@ -23,6 +23,7 @@ import torch
 
 from imageblocks.data.sources import URLs, untar_data
 from imageblocks.demo_recipes import multilabel_block, points_block
+from imageblocks.runtime import keep_freed_memory, sleep_idle_threads
 
 ROOT = Path(__file__).resolve().parent
 FASTAI_PY = ROOT.parent / ".venv-fastai" / "bin" / "python"
@@ -74,6 +75,10 @@ def main() -> None:
         "--epochs", type=int, default=5, help="passes timed over each loader (the first is cold)"
     )
     args = ap.parse_args()
+    # the settings training gets (see imageblocks/runtime.py); the OpenMP one reaches only the
+    # fastai process (this one imported torch already), as it always did
+    keep_freed_memory()
+    sleep_idle_threads()
     pascal, biwi = untar_data(URLs.DEMO_MULTILABEL), untar_data(URLs.DEMO_POINTS)
     ours = imageblocks_rates(pascal, biwi, args.workers, args.bs, args.epochs)
     print("imageblocks", json.dumps(ours), flush=True)

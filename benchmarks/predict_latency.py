@@ -62,6 +62,9 @@ def imageblocks_latency(pascal: Path) -> dict:
 
 
 def main() -> None:
+    from imageblocks.runtime import sleep_idle_threads
+
+    sleep_idle_threads()  # as the CLI does (both sides' OpenMP threads): see imageblocks/runtime.py
     from imageblocks.data.sources import URLs, untar_data
 
     pascal = untar_data(URLs.DEMO_MULTILABEL)

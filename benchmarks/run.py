@@ -26,6 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from imageblocks.runtime import keep_freed_memory, sleep_idle_threads
+
 ROOT = Path(__file__).resolve().parent
 FASTAI_PY = ROOT.parent / ".venv-fastai" / "bin" / "python"
 QUICK_TRAIN, QUICK_VALID = 512, 256
@@ -155,6 +157,7 @@ def measure_inference(learn: Any, files: list, n_predict: int) -> dict[str, floa
 
 def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     """Run both recipes with imageblocks; the same measurements as fastai_run.py."""
+    keep_freed_memory()  # as the first fit would, but before the loaders' workers are forked
     import numpy as np
     import torch
 
@@ -327,6 +330,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    sleep_idle_threads()  # as the CLI does, before torch is imported; both sides inherit it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="512/256 items per recipe, 1+1 epochs")
     ap.add_argument("--device", default="cpu")

@@ -1,7 +1,7 @@
-"""imageblocks: the fastai book's chapter-6 API for multi-label classification and key points."""
+"""imageblocks: the fastai book's chapter-6 API for multi-label classification and key points.
 
-from imageblocks.runtime import configure
-
-configure()  # before torch is imported: see imageblocks/runtime.py
+Importing it changes nothing process-wide; the settings training needs are applied by
+`Learner.fit` and the `imageblocks` command (see `imageblocks.runtime`).
+"""
 
 __version__ = "0.1.0"

@@ -18,6 +18,8 @@ from typing import Any
 
 import typer
 
+from imageblocks.runtime import sleep_idle_threads
+
 app = typer.Typer(
     help="imageblocks: multi-label classification and key points, the fastai book's way.",
     no_args_is_help=True,
@@ -1034,7 +1036,12 @@ def demo(
 
 
 def main() -> None:
-    """Entry point of the `imageblocks` console script."""
+    """Entry point of the `imageblocks` console script.
+
+    Before any command imports torch, idle OpenMP threads are told to sleep rather than spin
+    (`OMP_WAIT_POLICY=PASSIVE` unless set; see `imageblocks.runtime`); training commands also
+    keep freed memory for reuse, applied by `Learner.fit`."""
+    sleep_idle_threads()
     app()
 
 

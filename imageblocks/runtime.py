@@ -1,31 +1,45 @@
-"""Process-wide settings made when imageblocks is imported, before torch is.
+"""Process-wide settings that make training fast, applied only by the code that trains.
 
-Both are measured on a 2-core CPU, where they matter most, and both can be turned off:
+Importing imageblocks changes nothing in its host process (a notebook kernel, a service): no
+environment variable, no allocator option, no global hook. Two settings are applied explicitly:
 
-- Idle OpenMP threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE` unless already set).
-  Loader workers share the cores with the training process; spinning threads steal the cores
-  the others need: 0.13 s per training step instead of 0.25-9 s.
-- glibc's malloc keeps freed memory for reuse instead of returning it to the system. By default
-  every block over 32 MB (a batch of images, an activation) is a fresh `mmap`, so each of its
-  pages is faulted in again on first touch: about 14 ms for a 59 MB batch, several times the
-  arithmetic done on it. Keeping the memory made a frozen training step 0.35 -> 0.21 s and the
-  key-point batch augmentation about twice as fast; the cost is that the process's resident
-  memory stays at its peak. Set `IMAGEBLOCKS_KEEP_MEMORY=0` to keep glibc's defaults; nothing
-  is changed when `MALLOC_*` / `GLIBC_TUNABLES` variables or a preloaded allocator are set.
+- `keep_freed_memory()`: glibc's malloc keeps freed memory for reuse instead of returning it to
+  the system. By default every block over 32 MB (a batch of images, an activation) is a fresh
+  `mmap`, so each of its pages is faulted in again on first touch: about 14 ms for a 59 MB
+  batch, several times the arithmetic done on it. Keeping the memory made a frozen training step
+  0.35 -> 0.21 s and the key-point batch augmentation about twice as fast; the cost is that the
+  process's resident memory stays at its peak. Applied on the first `Learner.fit` (every
+  training schedule and `lr_find` go through it), so by the CLI's training commands too, never
+  by `predict` or the HTTP service, which give memory back after a burst. Set
+  `IMAGEBLOCKS_KEEP_MEMORY=0` to keep glibc's defaults; nothing is changed when `MALLOC_*` /
+  `GLIBC_TUNABLES` variables or a preloaded allocator are set. Loader workers forked after it
+  inherit it.
+- `sleep_idle_threads()`: idle OpenMP threads sleep instead of spinning
+  (`OMP_WAIT_POLICY=PASSIVE` unless already set). Loader workers share the cores with the
+  training process; spinning threads steal the cores the others need: 0.13 s per training step
+  instead of 0.25-9 s on 2 cores. OpenMP reads the variable once, when torch is imported, so
+  only an entry point that runs before that can set it: the `imageblocks` command does, in
+  `main()`. In a notebook, set `OMP_WAIT_POLICY=PASSIVE` in the environment (or with
+  `os.environ` before the first `import torch`) to get the same.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
+kept_freed_memory = False  # True once `keep_freed_memory` has changed glibc's settings
 
-def sleep_idle_threads() -> None:
-    """Make idle OpenMP threads sleep (takes effect only before torch is imported)."""
+
+def sleep_idle_threads() -> bool:
+    """Make idle OpenMP threads sleep unless the user chose a policy; True when it can still take
+    effect (torch not yet imported)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return "torch" not in sys.modules
 
 
 def _user_chose_allocator() -> bool:
@@ -37,11 +51,18 @@ def _user_chose_allocator() -> bool:
     )
 
 
+def _opted_out() -> bool:
+    value = os.environ.get("IMAGEBLOCKS_KEEP_MEMORY", "1").strip().lower()
+    return value in ("0", "false", "no")
+
+
 def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to reuse freed memory rather than unmap it; True when applied."""
-    if os.environ.get("IMAGEBLOCKS_KEEP_MEMORY", "1").strip().lower() in ("0", "false", "no"):
-        return False
-    if _user_chose_allocator():
+    """Tell glibc's malloc to reuse freed memory rather than unmap it, once per process; True when
+    it is in force."""
+    global kept_freed_memory
+    if kept_freed_memory:
+        return True
+    if _opted_out() or _user_chose_allocator():
         return False
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
@@ -50,10 +71,5 @@ def keep_freed_memory() -> bool:
     except (AttributeError, OSError, ValueError):  # not glibc (macOS, Windows, musl)
         return False
     # -1 disables trimming; 0 mmaps means large blocks come from the heap and are reused
-    return bool(mallopt(_M_TRIM_THRESHOLD, -1)) and bool(mallopt(_M_MMAP_MAX, 0))
-
-
-def configure() -> None:
-    """Apply both settings (called once, on import of the package)."""
-    sleep_idle_threads()
-    keep_freed_memory()
+    kept_freed_memory = bool(mallopt(_M_TRIM_THRESHOLD, -1)) and bool(mallopt(_M_MMAP_MAX, 0))
+    return kept_freed_memory
