@@ -3,8 +3,10 @@
 At batch size 1 on a CPU, eager PyTorch spends most of a forward pass in per-operator overhead
 (about 10 ms for EfficientNet-Lite0 at 128 px on 2 cores); ONNX Runtime, which folds batch norm
 into the convolutions, takes about 1.2 ms for the same outputs (within 1e-5).
-The session is rebuilt whenever the weights change (any parameter or buffer replaced or modified
-in place, as training and `load` do), so predictions always come from the current model. Without
+The session is rebuilt whenever the weights change (any module, parameter or buffer replaced or
+modified in place, as training and `load` do), so predictions always come from the current model:
+each call checks that model only (`ModelWatch`: the identity of its modules and tensors and the
+tensors' version counters, about 0.06 ms); nothing outside the model is hooked. Without
 onnxruntime, on a GPU, or for a model the exporter cannot handle, `predict` uses PyTorch.
 """
 
@@ -12,45 +14,63 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import io
 import threading
 import warnings
 from collections.abc import Iterator
+from functools import partial
+from itertools import chain
+from operator import attrgetter, is_not
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.module import (
-    register_module_buffer_registration_hook,
-    register_module_module_registration_hook,
-    register_module_parameter_registration_hook,
-)
 
-_structure = [0]  # bumped whenever any module anywhere registers a parameter, buffer or module
+_version = attrgetter("_version")
+_present = partial(is_not, None)  # a module's dicts may hold None (`bias=False`)
 
 
-def _structure_changed(*_: Any) -> None:
-    _structure[0] += 1
+class ModelWatch:
+    """Tells whether a model changed since it was watched: a module, parameter or buffer replaced,
+    added or removed (a new head, `load_state_dict(assign=True)`), or a tensor modified in place
+    (optimiser steps, `load_state_dict`). It reads only that model's own dicts; nothing is hooked.
 
+    `changed` takes about 0.06 ms for EfficientNet-Lite0 (858 dicts, 308 tensors): one
+    `gc.get_referents` call lists every value of every dict (in order, in C), compared by `id`
+    with the values it keeps alive, so that no new object can take an old one's address."""
 
-register_module_parameter_registration_hook(_structure_changed)
-register_module_buffer_registration_hook(_structure_changed)
-register_module_module_registration_hook(_structure_changed)
+    def __init__(self, model: nn.Module) -> None:
+        modules = [model]
+        for children in map(attrgetter("_modules"), modules):  # grows as it is walked
+            modules.extend(filter(_present, children.values()))
+        self.model = model
+        self._dicts = [
+            *map(attrgetter("_modules"), modules),
+            *map(attrgetter("_parameters"), modules),
+            *map(attrgetter("_buffers"), modules),
+        ]
+        self._values = gc.get_referents(*self._dicts)
+        self._ids = [*map(id, self._values)]
+        self._tensors = [
+            *filter(_present, chain.from_iterable(map(dict.values, self._dicts[len(modules) :])))
+        ]
+        self._versions = self._tensor_versions()
 
+    def _tensor_versions(self) -> list[int] | None:
+        try:
+            return [*map(_version, self._tensors)]
+        except RuntimeError:  # inference tensors carry no version counter
+            return None
 
-def state_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """Every parameter and buffer of `model`."""
-    return [*model.parameters(), *model.buffers()]
-
-
-def weights_key(model: nn.Module, tensors: list[torch.Tensor]) -> tuple | None:
-    """Changes whenever a module, parameter or buffer is registered anywhere (replacing a head
-    does that) or one of `tensors` is modified in place (optimiser steps, `load_state_dict`);
-    None when unknown. Far cheaper than walking the modules on every call."""
-    try:
-        return (_structure[0], id(model), *(t._version for t in tensors))
-    except RuntimeError:  # inference tensors carry no version counter
-        return None
+    def changed(self, model: nn.Module) -> bool:
+        """True unless `model` is the watched model, unchanged (always True when unknown)."""
+        return (
+            model is not self.model
+            or self._versions is None
+            or [*map(id, gc.get_referents(*self._dicts))] != self._ids
+            or self._tensor_versions() != self._versions
+        )
 
 
 @contextlib.contextmanager
@@ -73,10 +93,8 @@ class OnnxRunner:
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
-        self.key: tuple | None = None
         self.session: Any = None
-        self.model: nn.Module | None = None
-        self.tensors: list[torch.Tensor] = []
+        self.watch: ModelWatch | None = None  # the model `session` was built from
         self.unavailable: str | None = None  # why PyTorch is used instead, once known
         self._lock = threading.Lock()
 
@@ -109,9 +127,9 @@ class OnnxRunner:
         """The model's float32 output for `x`, or None when PyTorch must do it."""
         if self.unavailable is not None or x.device.type != "cpu" or x.ndim != 4:
             return None
-        key = weights_key(model, self.tensors) if self.model is model else None
         with self._lock:
-            if key is None or key != self.key or self.session is None:
+            if self.session is None or self.watch is None or self.watch.changed(model):
+                watch = ModelWatch(model)  # before the export: it reads these weights
                 try:
                     self.session = self._build(model, x)
                 except ImportError:
@@ -120,9 +138,7 @@ class OnnxRunner:
                 except Exception as e:  # an architecture the exporter cannot handle
                     self.unavailable = f"ONNX export failed ({type(e).__name__}: {e})"
                     return None
-                # after the build: copying the model for export registers modules too
-                self.model, self.tensors = model, state_tensors(model)
-                self.key = weights_key(model, self.tensors)
+                self.watch = watch
             session = self.session
         out = session.run(None, {"input": x.detach().float().contiguous().numpy()})[0]
         return torch.from_numpy(out)
