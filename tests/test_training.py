@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from torch import nn
 
 from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
@@ -17,6 +18,7 @@ from imageblocks.learn.callbacks import Callback
 from imageblocks.learn.export import load_learner
 from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.metrics import accuracy_multi, mean_average_precision, pixel_error
+from imageblocks.learn.optimizer import decay_groups, set_group_hypers
 from imageblocks.transforms.item import Resize
 from tests.conftest import voc_block
 
@@ -156,3 +158,21 @@ def test_wd_holds_for_that_fit_only_and_keeps_the_optimiser_state(voc, train):
     assert learn.wd == 1e-2 and learn.opt is opt  # nothing overwritten, nothing rebuilt
     assert {g["weight_decay"] for g in opt.param_groups if g["decay"]} == {1e-2}
     assert int(opt.state[head_weight]["step"]) > steps_before  # Adam's moments carried on
+
+
+def test_norm_layers_and_biases_do_not_decay():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    groups = decay_groups(model, [list(model.parameters())], wd=0.1)
+    decays = {id(p): g["decay"] for g in groups for p in g["params"]}
+    assert decays == {
+        id(model[0].weight): True,
+        id(model[0].bias): False,
+        id(model[1].weight): False,
+        id(model[1].bias): False,
+        id(model[3].weight): True,
+        id(model[3].bias): False,
+    }
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    set_group_hypers(opt, [1e-3], mom=0.9)
+    assert all(g["lr"] == 1e-3 and g["betas"][0] == 0.9 for g in opt.param_groups)

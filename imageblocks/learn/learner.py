@@ -29,7 +29,7 @@ from imageblocks.learn.loop import run_plan
 from imageblocks.learn.lr_find import plot_lr_find, range_test, suggest, valley
 from imageblocks.learn.metrics import metric_name
 from imageblocks.learn.onnx_export import export_onnx
-from imageblocks.learn.optimizer import create_opt, set_group_hypers
+from imageblocks.learn.optimizer import create_opt
 from imageblocks.learn.plan import TrainingPlan
 from imageblocks.learn.precision import autocast, autocast_dtype, check_precision
 from imageblocks.learn.predict import decode_preds, get_preds, predict, predict_batch, raw_preds
@@ -44,18 +44,6 @@ from imageblocks.transforms.batch import Normalize
 Moms = tuple[float, float, float]
 
 
-def _listify(o: Any) -> list:
-    if o is None:
-        return []
-    return list(o) if isinstance(o, (list, tuple)) else [o]
-
-
-def default_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
-    """Layer groups for discriminative learning rates: the body's (usually two), then the head;
-    one group for a model that is not `nn.Sequential(body, head)`."""
-    return param_groups(model)
-
-
 class Learner:
     """Trains `model` on `dls` with `loss_func`; records, validates, predicts."""
 
@@ -66,7 +54,7 @@ class Learner:
         loss_func: Callable | None = None,
         opt_func: Callable = torch.optim.AdamW,
         lr: float = 1e-3,
-        splitter: Callable = default_splitter,
+        splitter: Callable = param_groups,
         cbs: Sequence[Callback] | None = None,
         metrics: Any = None,
         path: Any = ".",
@@ -108,7 +96,8 @@ class Learner:
 
     @metrics.setter
     def metrics(self, value: Any) -> None:
-        self._metrics = _listify(value)
+        listed = isinstance(value, (list, tuple))
+        self._metrics = list(value) if listed else [] if value is None else [value]
 
     @property
     def metric_names(self) -> list[str]:
@@ -126,10 +115,6 @@ class Learner:
         self.opt = create_opt(
             self.opt_func, self.model, groups, self.lr, self.wd, self.moms[0], self.dls.device
         )
-
-    def set_hypers(self, lrs: Sequence[float], mom: float | None) -> None:
-        """Each layer group's learning rate, and beta1 `mom` when given."""
-        set_group_hypers(self.opt, lrs, mom)
 
     def freeze_to(self, n: int) -> None:
         """Train only layer groups from `n` on (norm layers always train when `train_bn`)."""

@@ -20,7 +20,7 @@ import torch
 from imageblocks.learn import distributed
 from imageblocks.learn.callbacks import Callback, ProgressTable
 from imageblocks.learn.checkpoint import Checkpointer, check_plan, load_checkpoint, restore
-from imageblocks.learn.optimizer import weight_decay
+from imageblocks.learn.optimizer import set_group_hypers, weight_decay
 from imageblocks.learn.plan import TrainingPlan
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def run_epochs(
                 learn.iter = i
                 step = min(learn.epoch * learn.n_iter + learn.iter, len(lrs) - 1)
                 mom = None if moms is None else float(moms[step])
-                learn.set_hypers(lrs[step], mom)
+                set_group_hypers(learn.opt, lrs[step], mom)
                 loss = learn.train_step(b)
                 learn.recorder.add_batch(loss, float(lrs[step][-1]), mom)
                 for cb in callbacks:

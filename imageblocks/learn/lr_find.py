@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from imageblocks.learn import distributed
+from imageblocks.learn.optimizer import set_group_hypers
 
 if TYPE_CHECKING:
     from imageblocks.learn.learner import Learner
@@ -107,7 +108,7 @@ def range_test(
         while it < num_it:
             for b in train:
                 lr = float(lrs_sched[it])
-                learn.set_hypers([lr] * n_groups, None)
+                set_group_hypers(learn.opt, [lr] * n_groups, None)
                 try:
                     raw = learn.train_step(b)
                 except FloatingPointError:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from imageblocks.learn.schedule import set_hypers
 from imageblocks.models.freezing import norm_param_ids
 
 
@@ -60,11 +61,8 @@ def create_opt(
 
 
 def set_group_hypers(opt: torch.optim.Optimizer, lrs: Sequence[float], mom: float | None) -> None:
-    """Each param group's lr from `lrs[layer_group]`; beta1 `mom` when given (Adam-style)."""
-    for g in opt.param_groups:
-        g["lr"] = float(lrs[g["layer_group"]])
-        if mom is not None and "betas" in g:
-            g["betas"] = (float(mom), g["betas"][1])
+    """Each param group's lr from `lrs[layer_group]`; beta1 (or momentum) `mom` when given."""
+    set_hypers(opt, [float(lrs[g["layer_group"]]) for g in opt.param_groups], mom)
 
 
 @contextlib.contextmanager
