@@ -23,6 +23,7 @@ from huggingface_hub import try_to_load_from_cache
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from imageblocks.download import DownloadError, download_url, file_sha256
 from imageblocks.models.head import create_head
 from imageblocks.models.same_conv import use_same_conv
 
@@ -179,8 +180,6 @@ def _cached_files(cfg: dict) -> Iterator[Path]:
 
 def _download(cfg: dict) -> Path:
     """Fetch the weights into torch hub's checkpoints; raises `DownloadError`."""
-    from imageblocks.download import DownloadError, download_url, file_sha256
-
     url = cfg.get("url") or ""
     if url.startswith(TORCHVISION_URL + "/"):
         filename = url.rsplit("/", 1)[-1]
@@ -222,8 +221,6 @@ def _find_weights(arch: Arch, weights: WeightsPath | None) -> tuple[str, dict]:
             return str(path), {"file": str(path)}
     if arch.bundled is not None:
         return f"bundled weights of {arch.name}", {"state_dict": arch.bundled()}
-
-    from imageblocks.download import DownloadError
 
     try:
         path = _download(cfg)
