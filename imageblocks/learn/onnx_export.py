@@ -10,6 +10,7 @@ for points (already in [-1, 1] when the model has a `y_range`). The `onnx` secti
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
@@ -18,7 +19,16 @@ from typing import Any
 
 import torch
 
-from imageblocks.learn.export import CONFIG_NAME, ExportError, learner_config
+from imageblocks.learn.export import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ExportError,
+    config_bytes,
+    learner_config,
+    replaced_files,
+    weights_bytes,
+)
+from imageblocks.learn.model_folder import replace_file, write_bytes, write_folder
 from imageblocks.transforms.batch import AffineWarp, Normalize
 
 __all__ = ["ONNX_NAME", "export_onnx", "input_size", "onnx_config"]
@@ -121,7 +131,8 @@ def export_onnx(
     check: bool = True,
 ) -> Path:
     """Write the model as ONNX (`path`: a `.onnx` file, or a folder for `model.onnx`) and
-    `config.json` beside it; returns the ONNX file's path.
+    `config.json` beside it; returns the ONNX file's path. Into a model folder (new, or the
+    model's own export), the files are swapped in together, with the weights rewritten.
 
     `size` (height, width) is read from the validation transforms unless given."""
     size = size or input_size(learn)
@@ -131,16 +142,39 @@ def export_onnx(
             "or batch resize): pass size=(height, width)"
         )
     file = _onnx_file(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
+    folder = file.parent
     config = learner_config(learn)
-    _check_same_model(file.parent / CONFIG_NAME, config)
+    _check_same_model(folder / CONFIG_NAME, config)
     config["onnx"] = onnx_config(learn, size, opset, file.name)
-    n_in = config["onnx"]["input"]["shape"][1]
+    graph = _onnx_bytes(learn, size, config["onnx"]["input"]["shape"][1], opset, check)
+    if not _is_model_folder(folder):  # e.g. `./model.onnx` in a folder of other things
+        files = {file.name: replace_file(file, graph)}
+        replace_file(folder / CONFIG_NAME, config_bytes({**config, "files": files}))
+        return file
+    # the model's own folder: every file, the weights too, from this learner in one swap
+    weights = weights_bytes(learn.model) if (folder / WEIGHTS_NAME).exists() else None
 
+    def write(new: Path) -> None:
+        files = {file.name: write_bytes(new / file.name, graph)}
+        if weights is not None:
+            files[WEIGHTS_NAME] = write_bytes(new / WEIGHTS_NAME, weights)
+        write_bytes(new / CONFIG_NAME, config_bytes({**config, "files": files}))
+
+    write_folder(folder, write, replaced_files(folder))
+    return file
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """A folder export may swap as a whole: new, empty, or holding a model's config.json."""
+    return not folder.exists() or (folder / CONFIG_NAME).exists() or not any(folder.iterdir())
+
+
+def _onnx_bytes(learn: Any, size: tuple[int, int], n_in: int, opset: int, check: bool) -> bytes:
+    """The model as an ONNX graph (checked with `onnx` when it is installed)."""
     model = copy.deepcopy(learn.model).float().cpu().eval()
     model = model.to(memory_format=torch.contiguous_format)
     dummy = torch.rand(2, n_in, *size)
-    tmp = file.with_name(file.name + ".tmp")
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of the dynamo one, which needs
         # onnxscript; it is the one that works with the packages imageblocks depends on
@@ -148,7 +182,7 @@ def export_onnx(
         torch.onnx.export(
             model,
             (dummy,),
-            str(tmp),
+            buffer,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -156,16 +190,12 @@ def export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
+    graph = buffer.getvalue()
     if check:
         try:
             import onnx
         except ImportError:
             onnx = None  # checking is optional; `pip install imageblocks[onnx]` adds it
         if onnx is not None:
-            onnx.checker.check_model(str(tmp))
-    os.replace(tmp, file)
-    config_file = file.parent / CONFIG_NAME
-    tmp_c = config_file.with_name(CONFIG_NAME + ".tmp")
-    tmp_c.write_text(json.dumps(config, indent=2))
-    os.replace(tmp_c, config_file)
-    return file
+            onnx.checker.check_model(onnx.load_from_string(graph))
+    return graph
