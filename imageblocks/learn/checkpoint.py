@@ -88,12 +88,73 @@ def load_checkpoint(path: Any) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{path} is not an imageblocks checkpoint")
-    if state["format"] > FORMAT:
+    fmt = state["format"]
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
         raise CheckpointError(
-            f"{path} was written by a newer imageblocks (checkpoint format {state['format']}, this "
+            f"{path}: 'format' is {type(fmt).__name__} {str(fmt)[:40]!r}, not a checkpoint format "
+            "number: the file is not an imageblocks checkpoint; delete it and start the run again"
+        )
+    if fmt > FORMAT:
+        raise CheckpointError(
+            f"{path} was written by a newer imageblocks (checkpoint format {fmt}, this "
             f"version reads {FORMAT}): upgrade imageblocks to resume it"
         )
+    _check_fields(state, path)
     return state
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# what each field of a checkpoint must be, and how to say it
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "plan": (lambda v: isinstance(v, (dict, str)), "the training call (a dict)"),
+    "phase": (_is_count, "a count (an integer >= 0)"),
+    "epoch": (_is_count, "a count (an integer >= 0)"),
+    "n_epoch": (_is_count, "a count (an integer >= 0)"),
+    "n_iter": (_is_count, "a count (an integer >= 0)"),
+    "model": (
+        lambda v: isinstance(v, dict)
+        and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
+        "the model's state (names to tensors)",
+    ),
+    "opt": (
+        lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+        and isinstance(v.get("param_groups"), list),
+        "an optimiser state (state, param_groups)",
+    ),
+    "recorder": (
+        lambda v: isinstance(v, dict)
+        and all(isinstance(v.get(k), list) for k in ("lrs", "moms", "losses", "values", "iters"))
+        and isinstance(v.get("smooth"), list) and len(v["smooth"]) == 2,
+        "the recorder's state (lrs, moms, losses, values, iters, smooth)",
+    ),
+    "rng": (
+        lambda v: isinstance(v, dict)
+        and isinstance(v.get("torch"), torch.Tensor)
+        and isinstance(v.get("cuda"), list)
+        and isinstance(v.get("python"), list) and len(v["python"]) == 3
+        and isinstance(v.get("numpy"), list) and len(v["numpy"]) == 5,
+        "the random generators' states (torch, cuda, python, numpy)",
+    ),
+}  # fmt: skip
+
+
+def _check_fields(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint with a missing or wrongly typed field, naming it."""
+    for key, (ok, what) in _FIELDS.items():
+        if key not in state or not ok(state[key]):
+            got = "missing" if key not in state else f"a {type(state[key]).__name__}"
+            raise CheckpointError(
+                f"{path}: field {key!r} must be {what}, but it is {got}: the file is not a "
+                "checkpoint this imageblocks wrote; delete it and start the run again"
+            )
+    if state["epoch"] > state["n_epoch"]:
+        raise CheckpointError(
+            f"{path}: epoch {state['epoch']} is past the phase's n_epoch {state['n_epoch']}: "
+            "the file is damaged; delete it and start the run again"
+        )
 
 
 def check_plan(state: dict[str, Any], plan: TrainingPlan, path: Any) -> None:
@@ -139,8 +200,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def restore(learn: Any, state: dict[str, Any]) -> None:
     """Load a checkpoint's model, optimiser and generator states into `learn`."""
-    learn.model.load_state_dict(state["model"])
-    if learn.opt is None:
-        learn.create_opt()
-    learn.opt.load_state_dict(state["opt"])
-    set_rng_state(state["rng"])
+    try:
+        learn.model.load_state_dict(state["model"])
+        if learn.opt is None:
+            learn.create_opt()
+        learn.opt.load_state_dict(state["opt"])
+        set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"the checkpoint does not fit this learner ({type(e).__name__}: {first[:200]}): it "
+            "was written for another model or optimiser; resume with the same model and call, "
+            "or start afresh without resume"
+        ) from None
