@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from imageblocks.data.sources import URLs, untar_data
-from imageblocks.demo_recipes import multilabel_block, points_block
+from imageblocks.recipes.book import multilabel_block, points_block
 from imageblocks.runtime import keep_freed_memory, sleep_idle_threads
 
 ROOT = Path(__file__).resolve().parent
@@ -41,7 +41,7 @@ def epoch_rate(dl, epochs: int) -> list[float]:
 
 
 def imageblocks_rates(pascal: Path, biwi: Path, workers: int, bs: int, epochs: int) -> dict:
-    """imageblocks' side: the same recipes through `imageblocks.demo_recipes`."""
+    """imageblocks' side: the same recipes through `imageblocks.recipes.book`."""
     df = pd.read_csv(pascal / "train.csv")
     dls = multilabel_block(pascal).dataloaders(df, bs=bs, num_workers=workers, device="cpu")
     out = {

@@ -45,8 +45,8 @@ def imageblocks_latency(pascal: Path) -> dict:
     """imageblocks' `predict` on the same learner and files."""
     import pandas as pd
 
-    from imageblocks.demo_recipes import multilabel_block
     from imageblocks.learn.learner import vision_learner
+    from imageblocks.recipes.book import multilabel_block
 
     df = pd.read_csv(pascal / "train.csv")
     dls = multilabel_block(pascal).dataloaders(df, bs=64)

@@ -196,9 +196,9 @@ def multilabel_side(
     """The PASCAL recipe: loader, fine_tune, quality, predict latency and batch inference."""
     import pandas as pd
 
-    from imageblocks.demo_recipes import multilabel_block
     from imageblocks.learn.learner import vision_learner
     from imageblocks.learn.metrics import accuracy_multi
+    from imageblocks.recipes.book import multilabel_block
 
     log("== multi-label")
     df = pd.read_csv(pascal / "train.csv")
@@ -234,8 +234,8 @@ def points_side(
 ) -> None:
     """The BIWI recipe: loader, lr_find, fine_tune and quality."""
     from imageblocks.data.sources import get_image_files
-    from imageblocks.demo_recipes import points_block
     from imageblocks.learn.learner import vision_learner
+    from imageblocks.recipes.book import points_block
 
     log("== key points")
     block = points_block(biwi)

@@ -33,13 +33,6 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from imageblocks.cli import app
-from imageblocks.csv_data import (
-    CsvDataError,
-    check_csv,
-    eval_dataloader,
-    multilabel_from_csv,
-    points_from_csv,
-)
 from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
 from imageblocks.errors import ItemError
@@ -47,6 +40,13 @@ from imageblocks.image import decode_image
 from imageblocks.learn.export import ExportError, load_learner
 from imageblocks.learn.learner import vision_learner
 from imageblocks.paths import Path
+from imageblocks.recipes.csv_data import (
+    CsvDataError,
+    check_csv,
+    eval_dataloader,
+    multilabel_from_csv,
+    points_from_csv,
+)
 from imageblocks.transforms.item import RandomResizedCrop, Resize
 from tests.conftest import blob_image
 

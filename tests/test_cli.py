@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from imageblocks.cli import app
-from imageblocks.csv_data import CsvDataError, multilabel_from_csv, points_from_csv
 from imageblocks.learn.export import load_learner
+from imageblocks.recipes.csv_data import CsvDataError, multilabel_from_csv, points_from_csv
 
 runner = CliRunner()
 TINY = ["--arch", "resnet18", "--no-pretrained", "--bs", "8", "--workers", "0"]
@@ -94,12 +94,11 @@ def test_train_multilabel_writes_model_metrics_and_plots(multilabel_model):
         assert key in metrics, key
     assert metrics["task"] == "multilabel" and metrics["vocab"] == ["disk", "square"]
     assert metrics["n_train"] == 16 and metrics["n_valid"] == 8
-    assert set(metrics["thresholds"]["per_class"]) == {"disk", "square"}
+    assert set(metrics["thresholds"]) == {"disk", "square"}
+    assert set(metrics["threshold_tuning"]["per_class"]) == {"disk", "square"}
     assert 0 <= metrics["mAP"] <= 1 and metrics["lr"] > 0
     config = json.loads((out / "config.json").read_text())
-    assert config["thresholds"]["per_class"] == pytest.approx(
-        list(metrics["thresholds"]["per_class"].values()), abs=1e-4
-    )
+    assert config["thresholds"]["per_class"] == list(metrics["thresholds"].values())
 
 
 def test_predict_text_and_json_match_load_learner(multilabel_model, data):

@@ -18,6 +18,7 @@ from imageblocks.data.loaders import DataLoader, collate
 from imageblocks.image import decode_image
 from imageblocks.learn import distributed
 from imageblocks.learn.inference import one_thread
+from imageblocks.learn.thresholds import decision_thresholds
 from imageblocks.transforms.item import source_region
 
 if TYPE_CHECKING:
@@ -82,9 +83,10 @@ def get_preds(
 
 
 def decode_preds(learn: Learner, preds: torch.Tensor) -> torch.Tensor:
-    """Activated predictions to decisions (multi-label: per-class thresholds when tuned)."""
-    if learn.thresholds is not None:
-        return preds > torch.as_tensor(learn.thresholds, dtype=preds.dtype, device=preds.device)
+    """Activated predictions to decisions (multi-label: `decision_thresholds`, per class)."""
+    thresholds = decision_thresholds(learn)
+    if thresholds is not None:
+        return preds > thresholds.to(dtype=preds.dtype, device=preds.device)
     return getattr(learn.loss_func, "decodes", _identity)(preds)
 
 
@@ -104,6 +106,38 @@ def prediction(learn: Learner, item: Any, preds: torch.Tensor) -> tuple:
     if vocab is not None:
         return vocab[int(decoded)], decoded, preds
     return decoded, decoded, preds
+
+
+def prediction_record(learn: Learner, result: tuple) -> dict[str, Any]:
+    """One `predict` result as JSON-able values: multi-label `labels` and `probabilities` by
+    class, single label `label` and `probabilities`, points `points` in pixels, else `values`."""
+    task = task_of(learn.dls.target_block)
+    if task is Task.POINTS:
+        return {"points": result[0].tolist()}
+    vocab = [str(v) for v in learn.dls.vocab] if learn.dls.vocab is not None else None
+    if vocab is None:
+        return {"values": result[2].flatten().tolist()}
+    probabilities = dict(zip(vocab, result[2].tolist()))
+    if task is Task.MULTILABEL:
+        return {"labels": [str(v) for v in result[0]], "probabilities": probabilities}
+    return {"label": str(result[0]), "probabilities": probabilities}
+
+
+def prediction_line(name: str, record: dict[str, Any]) -> str:
+    """One line of text for a `prediction_record`: `name: labels with probabilities` (or what
+    is most likely when no label passes its threshold), or the points in pixels."""
+    if "points" in record:
+        return f"{name}: " + "; ".join(f"({x:.1f}, {y:.1f})" for x, y in record["points"]) + " px"
+    if "values" in record:
+        return f"{name}: " + ", ".join(f"{v:.4g}" for v in record["values"])
+    probs = record["probabilities"]
+    if "label" in record:
+        return f"{name}: {record['label']} {probs[record['label']]:.2f}"
+    if not record["labels"]:
+        best = max(probs, key=probs.get)
+        return f"{name}: no known object (most likely {best} {probs[best]:.2f})"
+    ranked = sorted(record["labels"], key=lambda c: -probs[c])
+    return f"{name}: " + ", ".join(f"{c} {probs[c]:.2f}" for c in ranked)
 
 
 def predict(learn: Learner, item: Any) -> tuple:

@@ -22,7 +22,14 @@ from torchmetrics.functional.classification import multilabel_f1_score
 from imageblocks.data.blocks import Task, task_of
 from imageblocks.learn.metrics import accuracy_multi
 
-__all__ = ["ThresholdReport", "default_grid", "multilabel_score", "tune_thresholds"]
+__all__ = [
+    "ThresholdReport",
+    "class_thresholds",
+    "decision_thresholds",
+    "default_grid",
+    "multilabel_score",
+    "tune_thresholds",
+]
 
 METRICS = ("f1", "accuracy")
 
@@ -30,6 +37,26 @@ METRICS = ("f1", "accuracy")
 def default_grid() -> Tensor:
     """The book's thresholds: 29 values from 0.05 to 0.95."""
     return torch.linspace(0.05, 0.95, 29)
+
+
+def decision_thresholds(learn: Any) -> Tensor | None:
+    """Each class's decision threshold, as `predict` uses them: the tuned ones when present,
+    else the loss's single threshold for every class; None when the model decides otherwise."""
+    if learn.thresholds is not None:
+        return torch.as_tensor(learn.thresholds, dtype=torch.float32).flatten().cpu()
+    thresh, vocab = getattr(learn.loss_func, "thresh", None), learn.dls.vocab
+    if thresh is None or vocab is None:
+        return None
+    return torch.full((len(vocab),), float(thresh), dtype=torch.float32)
+
+
+def class_thresholds(learn: Any) -> dict[str, float] | None:
+    """`decision_thresholds` keyed by class name, JSON-able: what the CLI, the service and
+    metrics.json report (exact float32 values, so the report is what `predict` decides with)."""
+    values = decision_thresholds(learn)
+    if values is None:
+        return None
+    return {str(c): float(t) for c, t in zip(learn.dls.vocab, values)}
 
 
 def _decide(probs: Tensor, thresh: float | Tensor) -> Tensor:

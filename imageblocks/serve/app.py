@@ -27,7 +27,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
@@ -41,6 +40,8 @@ from imageblocks import __version__
 from imageblocks.errors import ItemError
 from imageblocks.image import ImageTooLarge, _scaled_size, probe_image
 from imageblocks.learn.export import load_learner
+from imageblocks.learn.predict import prediction_record
+from imageblocks.learn.thresholds import class_thresholds
 from imageblocks.serve.guard import BodyGuard, BodyTimeout
 from imageblocks.serve.limits import RequestLimit
 from imageblocks.serve.server import allowed_hosts_for, uvicorn_config
@@ -180,17 +181,6 @@ def _input_size(config: dict) -> dict[str, int] | None:
     return {"height": int(sizes[-1][0]), "width": int(sizes[-1][1])} if sizes else None
 
 
-def _thresholds(learn: Any, vocab: list[str]) -> dict[str, float] | None:
-    """Each class's decision threshold (tuned per class, or the loss's single one)."""
-    if learn.thresholds is not None:
-        values = torch.as_tensor(learn.thresholds).flatten().tolist()
-    elif getattr(learn.loss_func, "thresh", None) is not None:
-        values = [float(learn.loss_func.thresh)] * len(vocab)
-    else:
-        return None
-    return dict(zip(vocab, map(float, values)))
-
-
 def _page() -> tuple[str, str]:
     """The web page and a Content-Security-Policy that allows only its own inline script."""
     html = files("imageblocks.serve").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -231,7 +221,7 @@ def create_app(
     config = learn.config
     task = config["task"]
     vocab = [str(v) for v in config.get("vocab") or []]
-    thresholds = _thresholds(learn, vocab) if task == "multilabel" else None
+    thresholds = class_thresholds(learn) if task == "multilabel" else None
     limit = int(max_upload_mb * MB)
     draft = learn.dls.valid.dataset.draft  # the size JPEGs decode down to, as predict does
     semaphore = asyncio.Semaphore(max_concurrency)
@@ -271,25 +261,12 @@ def create_app(
             raise HTTPException(
                 400, "The image could not be decoded: it is truncated or corrupt."
             ) from None
+        record = {"task": task, **prediction_record(learn, out)}
         if task == "multilabel":
-            labels, _, probs = out
-            probabilities = dict(zip(vocab, probs.tolist()))
-            return {
-                "task": task,
-                "labels": [str(label) for label in labels],
-                "probabilities": probabilities,
-                "thresholds": thresholds,
-                "no_known_object": len(labels) == 0,
-            }
-        if task == "points":
-            return {"task": task, "points": out[0].tolist(), "image_size": list(size)}
-        if task == "category":
-            return {
-                "task": task,
-                "label": str(out[0]),
-                "probabilities": dict(zip(vocab, out[2].tolist())),
-            }
-        return {"task": task, "values": out[2].flatten().tolist()}
+            record.update(thresholds=thresholds, no_known_object=len(record["labels"]) == 0)
+        elif task == "points":
+            record["image_size"] = list(size)
+        return record
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> HTMLResponse:

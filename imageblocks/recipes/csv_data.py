@@ -26,8 +26,12 @@ from imageblocks.data.blocks import (
     task_of,
 )
 from imageblocks.data.loaders import DataLoader, DataLoaders
+from imageblocks.data.sources import get_image_files
 from imageblocks.data.splitters import ColSplitter, RandomSplitter, Splitter
+from imageblocks.errors import ItemError
+from imageblocks.image import decode_image
 from imageblocks.paths import Path
+from imageblocks.recipes.book import points_block
 from imageblocks.transforms.batch import aug_transforms
 from imageblocks.transforms.item import RandomResizedCrop, Resize
 
@@ -38,9 +42,11 @@ __all__ = [
     "PointsFromCols",
     "biwi_dataloaders",
     "check_csv",
+    "check_folder",
     "eval_dataloader",
     "multilabel_from_csv",
     "point_columns",
+    "points_dataloaders",
     "points_from_csv",
     "read_csv",
 ]
@@ -249,6 +255,27 @@ def check_csv(
     return [(get_path(row), reason) for row, reason in dblock.check(df)]
 
 
+def check_folder(images: str | os.PathLike) -> tuple[int, list[tuple[Path, str]]]:
+    """Every image file under `images` decoded once: how many, and `(path, reason)` for each
+    one that cannot be read."""
+    folder = Path(images)
+    if not folder.is_dir():
+        raise CsvDataError(f"images folder not found: {folder}")
+    files = list(get_image_files(folder))
+    if not files:
+        raise CsvDataError(
+            f"no images in {folder} or its subfolders (none has an image extension: "
+            ".jpg, .png, .webp, ...); check the --images folder"
+        )
+    bad = []
+    for f in files:
+        try:
+            decode_image(f, draft=(64, 64))
+        except ItemError as e:
+            bad.append((f, str(e)))
+    return len(files), bad
+
+
 # --- DataLoaders ----------------------------------------------------------------------------
 
 
@@ -331,8 +358,6 @@ def biwi_dataloaders(
     device: Any = None,
 ) -> DataLoaders:
     """The book's BIWI recipe on a biwi_head_pose-style folder (person 13 is validation)."""
-    from imageblocks.demo_recipes import points_block
-
     folder = Path(images)
     if not folder.is_dir():
         raise CsvDataError(f"images folder not found: {folder}")
@@ -343,6 +368,38 @@ def biwi_dataloaders(
         )
     dblock = points_block(folder, size=_size(size))
     return dblock.dataloaders(folder, bs=bs, num_workers=num_workers, device=device)
+
+
+def points_dataloaders(
+    csv: str | os.PathLike | None,
+    images: str | os.PathLike,
+    preset: str | None = None,
+    fname_col: str = "fname",
+    point_cols: Sequence[str] | None = None,
+    split_col: str | None = None,
+    valid_pct: float | None = None,
+    size: int | Sequence[int] = (240, 320),
+    bs: int = 64,
+    seed: int = 42,
+    num_workers: int | None = None,
+    device: Any = None,
+) -> DataLoaders:
+    """Key-point DataLoaders from a CSV of pixel coordinates, or from a folder with `preset`
+    'biwi' (the book's recipe); exactly one of the two."""
+    if preset is not None:
+        if preset.lower() != "biwi":
+            raise CsvDataError(f"unknown preset {preset!r}: the one preset is 'biwi'")
+        if csv is not None:
+            raise CsvDataError("give a CSV or the preset biwi, not both")
+        return biwi_dataloaders(images, size=size, bs=bs, num_workers=num_workers, device=device)
+    if csv is None:
+        raise CsvDataError(
+            "give a CSV (columns fname,x,y or fname,x0,y0,x1,y1,...) or the preset biwi"
+        )
+    return points_from_csv(
+        csv, images, fname_col=fname_col, point_cols=point_cols, split_col=split_col,
+        valid_pct=valid_pct, size=size, bs=bs, seed=seed, num_workers=num_workers, device=device,
+    )  # fmt: skip
 
 
 class _EveryRow:

@@ -1,0 +1,163 @@
+"""Fit and export: the training run behind `imageblocks train` and the demo.
+
+lr_find (when no learning rate is given), fine_tune with a checkpoint every epoch, threshold
+tuning for multi-label models, export, `metrics.json` and the plots, in one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from imageblocks.data.blocks import Task, task_of
+from imageblocks.data.loaders import DataLoaders
+from imageblocks.learn import distributed
+from imageblocks.learn.learner import Learner, vision_learner
+from imageblocks.learn.metrics import APScoreMulti, F1ScoreMulti, accuracy_multi
+from imageblocks.learn.thresholds import class_thresholds, tune_thresholds
+from imageblocks.recipes.history import LossHistory
+from imageblocks.recipes.reports import multilabel_metrics, points_metrics, raw_preds
+
+__all__ = ["CHECKPOINT", "fit_and_export", "make_learner", "save_figure"]
+
+CHECKPOINT = "checkpoint.pt"
+RUN_FILE = ".run.json"
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG (under torchrun, rank 0 only) and close it."""
+    if distributed.is_main():
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def make_learner(dls: DataLoaders, arch: str, pretrained: bool = True) -> Learner:
+    """A vision learner for `dls`: multi-label metrics (accuracy_multi, macro F1, AP), or
+    `y_range=(-1, 1)` for key points."""
+    if task_of(dls.target_block) is Task.MULTILABEL:
+        metrics = [
+            partial(accuracy_multi, thresh=0.5),
+            F1ScoreMulti(average="macro"),
+            APScoreMulti(),
+        ]
+        return vision_learner(dls, arch, pretrained=pretrained, metrics=metrics)
+    return vision_learner(dls, arch, pretrained=pretrained, metrics=[], y_range=(-1, 1))
+
+
+def _resume_lr(out: Path, lr: float | None, log: Callable[[str], None]) -> float | None:
+    """The learning rate to resume with: `lr`, else the killed run's; the checkpoint must exist."""
+    checkpoint, run_file = out / CHECKPOINT, out / RUN_FILE
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"resume: no checkpoint in {out} (a run writes {CHECKPOINT} after each epoch): "
+            "run without resuming to start afresh"
+        )
+    if lr is None and run_file.is_file():
+        lr = float(json.loads(run_file.read_text())["lr"])
+        log(f"resuming from {checkpoint} with the killed run's learning rate {lr:.2e}")
+    return lr
+
+
+def _multilabel_report(learn: Learner, out: Path, tune: bool, log: Callable[[str], None]) -> dict:
+    """Metrics at the thresholds `predict` will use (tuned on validation when `tune`)."""
+    raw, targs = raw_preds(learn)
+    at_half = multilabel_metrics(learn, preds=(raw, targs))
+    if not tune:
+        return {**at_half, "thresholds": class_thresholds(learn)}
+    report = tune_thresholds(learn, preds=(raw.sigmoid(), targs))
+    save_figure(report.plot(), out / "thresholds.png")
+    log(
+        f"thresholds: global {report.global_thresh:.2f}, micro F1 {report.score_at_0_5:.4f} "
+        f"at 0.5 -> {report.best_score:.4f} tuned (on the validation set)"
+    )
+    return {
+        **multilabel_metrics(learn, preds=(raw, targs)),
+        "at_0.5": at_half,
+        "thresholds": class_thresholds(learn),
+        "threshold_tuning": report.as_dict(),
+    }
+
+
+def fit_and_export(
+    learn: Learner,
+    out: Path,
+    epochs: int,
+    freeze_epochs: int,
+    lr: float | None,
+    tune: bool = True,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """lr_find (when `lr` is None), fine_tune, threshold tuning, export, metrics.json, plots.
+
+    Every epoch is checkpointed to `out/checkpoint.pt` (removed once the model is exported);
+    `resume` continues a killed run from it, with the learning rate that run used. `log`
+    receives the progress lines. Returns what metrics.json holds."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = task_of(learn.dls.target_block)
+    checkpoint, run_file = out / CHECKPOINT, out / RUN_FILE
+    if resume:
+        lr = _resume_lr(out, lr, log)
+    if lr is None:
+        lr = float(learn.lr_find(show_plot=True).valley)
+        log(f"lr_find: valley {lr:.2e} (used as the learning rate)")
+        save_figure(learn.lr_find_figure, out / "lr_find.png")
+    if distributed.is_main():
+        run_file.write_text(json.dumps({"lr": lr}))
+    history = LossHistory()
+    learn.cbs.append(history)
+    t0 = time.perf_counter()
+    try:
+        learn.fine_tune(
+            epochs,
+            base_lr=lr,
+            freeze_epochs=freeze_epochs,
+            checkpoint=checkpoint,
+            resume=checkpoint if resume else None,
+        )
+    except KeyboardInterrupt:
+        if checkpoint.is_file():
+            print(
+                f"interrupted: {checkpoint} holds the last completed epoch; run the same "
+                "command with --resume to continue",
+                file=sys.stderr,
+            )
+        raise
+    finally:
+        learn.cbs.remove(history)
+    train_s = time.perf_counter() - t0
+    save_figure(history.plot(), out / "loss.png")
+
+    metrics: dict[str, Any] = {"task": str(task)}
+    if task is Task.MULTILABEL:
+        metrics.update(_multilabel_report(learn, out, tune, log))
+    elif task is Task.POINTS:
+        metrics.update(points_metrics(learn))
+    save_figure(learn.show_results(), out / "results.png")
+    learn.export(out)
+    metrics.update(
+        {
+            "arch": learn.model.config.get("arch"),
+            "n_train": len(learn.dls.train.dataset),
+            "n_valid": len(learn.dls.valid.dataset),
+            "vocab": [str(v) for v in learn.dls.vocab] if learn.dls.vocab is not None else None,
+            "lr": lr,
+            "epochs": epochs,
+            "freeze_epochs": freeze_epochs,
+            "train_time_s": round(train_s, 1),
+        }
+    )
+    if distributed.is_main():
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        checkpoint.unlink(missing_ok=True)
+        run_file.unlink(missing_ok=True)
+    return metrics
