@@ -39,8 +39,8 @@ from imageblocks.errors import CollateError, ItemError
 from imageblocks.image import PILImage, open_image
 from imageblocks.learn.callbacks import Callback, Recorder
 from imageblocks.learn.checkpoint import CheckpointError, load_checkpoint
-from imageblocks.learn.export import ExportError, load_learner
 from imageblocks.learn.learner import Learner, cnn_learner, vision_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.learn.lr_find import SuggestedLRs, minimum, slide, steep, valley
 from imageblocks.learn.metrics import (
     APScoreMulti,
@@ -56,6 +56,7 @@ from imageblocks.learn.metrics import (
     pixel_error,
     rmse,
 )
+from imageblocks.learn.model_config import ExportError
 from imageblocks.lists import L, first
 from imageblocks.losses import (
     BCEWithLogitsLossFlat,

@@ -261,7 +261,7 @@ def train_points(
 
 
 def _load(model: Path, device: str | None = None) -> Any:
-    from imageblocks.learn.export import load_learner
+    from imageblocks.learn.loading import load_learner
 
     return load_learner(model, device=device)
 
@@ -466,7 +466,7 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: a web page and a JSON API."""
     with _user_errors():
-        from imageblocks.learn.export import read_config
+        from imageblocks.learn.loading import read_config
 
         if not model.exists():
             raise CliError(f"model folder not found: {model}")

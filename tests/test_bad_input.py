@@ -37,8 +37,9 @@ from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
 from imageblocks.errors import ItemError
 from imageblocks.image import decode_image
-from imageblocks.learn.export import ExportError, load_learner
 from imageblocks.learn.learner import vision_learner
+from imageblocks.learn.loading import load_learner
+from imageblocks.learn.model_config import ExportError
 from imageblocks.paths import Path
 from imageblocks.recipes.csv_data import (
     CsvDataError,

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from imageblocks.cli import app
-from imageblocks.learn.export import load_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.recipes.csv_data import CsvDataError, multilabel_from_csv, points_from_csv
 
 runner = CliRunner()

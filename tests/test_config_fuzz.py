@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from imageblocks.cli import app
-from imageblocks.learn import export as export_module
-from imageblocks.learn.export import ExportError, load_learner
+from imageblocks.learn import loading as loading_module
 from imageblocks.learn.learner import vision_learner
-from imageblocks.learn.model_config import validate_config
+from imageblocks.learn.loading import load_learner
+from imageblocks.learn.model_config import ExportError, validate_config
 from imageblocks.transforms.item import Resize
 from tests.conftest import voc_block
 
@@ -107,13 +107,13 @@ def test_nothing_is_built_before_the_weights_header_is_checked(folder, monkeypat
     config["thresholds"]["per_class"] = None
     _write(path, config)
     built = []
-    real = export_module.create_vision_model
+    real = loading_module.create_vision_model
 
     def spy(*args, **kwargs):
         built.append(torch.empty(0).device.type)  # "meta" inside the meta-device context
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(export_module, "create_vision_model", spy)
+    monkeypatch.setattr(loading_module, "create_vision_model", spy)
     with pytest.raises(ExportError, match="wrong shape"):
         load_learner(path)
     assert built == ["meta"]  # only the free, meta-device model was made

@@ -11,10 +11,28 @@ from safetensors.torch import load_file, save_file
 
 from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
-from imageblocks.learn.export import ExportError, load_learner
 from imageblocks.learn.learner import vision_learner
+from imageblocks.learn.loading import load_learner
+from imageblocks.learn.model_config import ExportError
 from imageblocks.transforms.batch import aug_transforms
 from imageblocks.transforms.item import Resize
+from tests.test_architecture import GRAPH
+
+
+def _reachable(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        for nxt in GRAPH[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+@pytest.mark.parametrize("module", ["export", "onnx_export", "model_config", "model_folder"])
+def test_writing_and_checking_an_export_needs_no_learner(module):
+    """Only `learn.loading` builds a Learner; the export modules reach it by no import at all."""
+    assert "imageblocks.learn.learner" not in _reachable(f"imageblocks.learn.{module}")
+    assert "imageblocks.learn.loading" not in _reachable(f"imageblocks.learn.{module}")
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from imageblocks.learn import model_folder, onnx_export
-from imageblocks.learn.export import ExportError, load_learner, read_export
 from imageblocks.learn.learner import vision_learner
+from imageblocks.learn.loading import load_learner, read_export
+from imageblocks.learn.model_config import ExportError
 from imageblocks.learn.model_folder import digest
 from imageblocks.learn.onnx_export import export_onnx
 from imageblocks.seeding import set_seed
@@ -135,7 +136,7 @@ def _interrupt_after(monkeypatch, step: int) -> list[str]:
         monkeypatch.setattr(module, name, step_then_maybe_stop)
 
     wrap(onnx_export, "write_bytes")
-    for name in ("_carry_over", "_fsync_dir", "_exchange"):
+    for name in ("_carry_over", "fsync_dir", "_exchange"):
         wrap(model_folder, name)
     return done
 

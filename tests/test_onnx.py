@@ -12,8 +12,9 @@ import torch
 from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
 from imageblocks.data.sources import get_image_files
-from imageblocks.learn.export import ExportError, load_learner
 from imageblocks.learn.learner import vision_learner
+from imageblocks.learn.loading import load_learner
+from imageblocks.learn.model_config import ExportError
 from imageblocks.learn.onnx_export import export_onnx, input_size
 from imageblocks.transforms.batch import aug_transforms
 from imageblocks.transforms.item import Resize

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from imageblocks.cli import app as cli_app
-from imageblocks.learn.export import load_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.learn.thresholds import class_thresholds, decision_thresholds
 from imageblocks.recipes.csv_data import CsvDataError, points_dataloaders
 from imageblocks.recipes.train import CsvSource, train

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import imageblocks.serve.app as serve_app
 from imageblocks.cli import app as cli_app
-from imageblocks.learn.export import load_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.serve.app import MULTIPART_OVERHEAD, create_app, sniff_format
 from tests.serve_models import (
     VOCAB,

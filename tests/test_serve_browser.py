@@ -17,7 +17,7 @@ import pytest
 import torch
 import uvicorn
 
-from imageblocks.learn.export import load_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.serve.app import create_app
 from tests.serve_models import (
     VOCAB,

@@ -10,8 +10,8 @@ import torch
 
 from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
-from imageblocks.learn.export import load_learner
 from imageblocks.learn.learner import vision_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.learn.metrics import F1ScoreMulti, accuracy_multi
 from imageblocks.learn.thresholds import ThresholdReport, default_grid, tune_thresholds
 from imageblocks.transforms.item import Resize

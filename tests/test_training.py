@@ -15,8 +15,8 @@ from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
 from imageblocks.data.splitters import ColSplitter
 from imageblocks.learn.callbacks import Callback
-from imageblocks.learn.export import load_learner
 from imageblocks.learn.learner import vision_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.learn.metrics import accuracy_multi, mean_average_precision, pixel_error
 from imageblocks.learn.optimizer import decay_groups, set_group_hypers
 from imageblocks.transforms.item import Resize

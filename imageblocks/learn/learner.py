@@ -39,7 +39,7 @@ from imageblocks.lists import L
 from imageblocks.models.backbones import create_vision_model
 from imageblocks.models.freezing import freeze_to, param_groups
 from imageblocks.show import show_results
-from imageblocks.transforms.batch import Normalize
+from imageblocks.transforms.normalize import Normalize
 
 Moms = tuple[float, float, float]
 

@@ -15,7 +15,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,7 +29,11 @@ from imageblocks.learn.export import (
     weights_bytes,
 )
 from imageblocks.learn.model_folder import replace_file, write_bytes, write_folder
-from imageblocks.transforms.batch import AffineWarp, Normalize
+from imageblocks.transforms.geometry import AffineWarp
+from imageblocks.transforms.normalize import Normalize
+
+if TYPE_CHECKING:  # the type only: the Learner imports this module to export itself
+    from imageblocks.learn.learner import Learner
 
 __all__ = ["ONNX_NAME", "export_onnx", "input_size", "onnx_config"]
 
@@ -43,7 +47,7 @@ _ACTIVATIONS = {
 }
 
 
-def input_size(learn: Any) -> tuple[int, int] | None:
+def input_size(learn: Learner) -> tuple[int, int] | None:
     """The (height, width) of the images the model sees at validation, if fixed."""
     size = None
     for t in learn.dls.item_tfms:
@@ -55,7 +59,7 @@ def input_size(learn: Any) -> tuple[int, int] | None:
     return (int(size[0]), int(size[1])) if size is not None else None
 
 
-def _normalisation(learn: Any, n_in: int) -> tuple[list[float], list[float]]:
+def _normalisation(learn: Learner, n_in: int) -> tuple[list[float], list[float]]:
     for t in learn.dls.valid.after_batch:
         if isinstance(t, Normalize):
             return list(t.mean), list(t.std)
@@ -63,7 +67,7 @@ def _normalisation(learn: Any, n_in: int) -> tuple[list[float], list[float]]:
 
 
 def onnx_config(
-    learn: Any, size: tuple[int, int], opset: int, file_name: str = ONNX_NAME
+    learn: Learner, size: tuple[int, int], opset: int, file_name: str = ONNX_NAME
 ) -> dict[str, Any]:
     """The `onnx` section of config.json: the graph's input, output and preprocessing."""
     config = learner_config(learn)
@@ -124,7 +128,7 @@ def _onnx_file(path: str | os.PathLike) -> Path:
 
 
 def export_onnx(
-    learn: Any,
+    learn: Learner,
     path: str | os.PathLike,
     opset: int = 17,
     size: tuple[int, int] | None = None,
@@ -169,7 +173,7 @@ def _is_model_folder(folder: Path) -> bool:
     return not folder.exists() or (folder / CONFIG_NAME).exists() or not any(folder.iterdir())
 
 
-def _onnx_bytes(learn: Any, size: tuple[int, int], n_in: int, opset: int, check: bool) -> bytes:
+def _onnx_bytes(learn: Learner, size: tuple[int, int], n_in: int, opset: int, check: bool) -> bytes:
     """The model as an ONNX graph (checked with `onnx` when it is installed)."""
     model = copy.deepcopy(learn.model).float().cpu().eval()
     model = model.to(memory_format=torch.contiguous_format)

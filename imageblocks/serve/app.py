@@ -39,7 +39,7 @@ from uvicorn import Server
 from imageblocks import __version__
 from imageblocks.errors import ItemError
 from imageblocks.image import ImageTooLarge, _scaled_size, probe_image
-from imageblocks.learn.export import load_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.learn.predict import prediction_record
 from imageblocks.learn.thresholds import class_thresholds
 from imageblocks.serve.guard import BodyGuard, BodyTimeout

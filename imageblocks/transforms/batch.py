@@ -11,10 +11,8 @@ from collections.abc import Sequence
 from imageblocks.transforms.base import BatchTransform
 from imageblocks.transforms.geometry import AffineWarp
 from imageblocks.transforms.lighting import Lighting
-from imageblocks.transforms.normalize import Normalize
 
-# AffineWarp and Normalize are re-exported for the modules that still import them from here
-__all__ = ["AffineWarp", "Normalize", "aug_transforms"]
+__all__ = ["aug_transforms"]
 
 
 def aug_transforms(
