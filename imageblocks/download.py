@@ -16,13 +16,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+from imageblocks.errors import ImageblocksError
 from imageblocks.paths import Path, as_path
 
 CHUNK_SIZE = 1 << 20
 USER_AGENT = "imageblocks (https://github.com/imageblocks)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ImageblocksError, RuntimeError):
     """A file could not be downloaded (`reason` says why) or failed its checksum."""
 
     def __init__(self, message: str, reason: str | None = None):

@@ -25,16 +25,9 @@ from imageblocks.losses import (
     FlattenedLoss,
     MSELossFlat,
 )
+from imageblocks.utils import callable_name
 
 Step = tuple[str, Callable[[Any], Any]]
-
-
-def func_name(f: Any) -> str:
-    """A short readable name for a function, partial, method or callable object."""
-    if hasattr(f, "func") and hasattr(f, "keywords"):  # functools.partial
-        return func_name(f.func)
-    name = getattr(f, "__name__", None)
-    return name if isinstance(name, str) else type(f).__name__
 
 
 class Vocab(L):
@@ -83,7 +76,7 @@ class TransformBlock:
 
     def steps(self) -> list[Step]:
         """The named steps applied to a getter's output."""
-        return [(func_name(f), f) for f in self.type_tfms]
+        return [(callable_name(f), f) for f in self.type_tfms]
 
     def encode(self, value: Any) -> Any:
         """The value after every step."""

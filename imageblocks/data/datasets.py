@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from imageblocks.data.blocks import TransformBlock, Vocab, func_name, points_inside
+from imageblocks.data.blocks import TransformBlock, Vocab, points_inside
 from imageblocks.errors import ItemError
 from imageblocks.image import decode_image
 from imageblocks.transforms.item import ItemTransform
+from imageblocks.utils import callable_name
 
 
 class Rows(Sequence):
@@ -78,6 +79,26 @@ def item_error(item: Any, e: Exception) -> Exception:
     return e
 
 
+class ItemErrors:
+    """`with ItemErrors(item): ...` raises an `ItemError` or missing column of the block as
+    `item_error(item, e)` (named after the item); any other error passes unchanged."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> bool:
+        if isinstance(e, (ItemError, KeyError)):
+            err = item_error(self.item, e)
+            if err is not e:
+                raise err from None
+        return False
+
+
 class Pipeline:
     """Getter functions followed by a block's steps: item -> one element of a sample."""
 
@@ -100,7 +121,7 @@ class Pipeline:
 
     def steps(self) -> list[tuple[str, Callable]]:
         """Every named step, getters included."""
-        return [(func_name(f), f) for f in self.funcs] + self.block.steps()
+        return [(callable_name(f), f) for f in self.funcs] + self.block.steps()
 
     def __call__(self, item: Any) -> Any:
         return self.block.encode(self.get(item))
@@ -189,13 +210,8 @@ class Datasets:
                 continue
             values = []
             for i in self.splits[0]:
-                try:
+                with ItemErrors(self.items[i]):
                     values.append(p.get(self.items[i]))
-                except (ItemError, KeyError) as e:
-                    err = item_error(self.items[i], e)
-                    if err is e:
-                        raise
-                    raise err from None
             p.block.setup(values)
 
     @property
@@ -216,13 +232,8 @@ class Datasets:
 
     def __getitem__(self, i: int) -> tuple:
         item = self.items[i]
-        try:
+        with ItemErrors(item):
             return tuple(p(item) for p in self.pipelines)
-        except (ItemError, KeyError) as e:
-            err = item_error(item, e)
-            if err is e:
-                raise
-            raise err from None
 
     def subset(self, i: int) -> DatasetSplit:
         """Split `i`: 0 = train, 1 = valid."""
@@ -272,13 +283,8 @@ class LoaderItems(torch.utils.data.Dataset):
         if not self.train and i in self._cache:
             return self._cache[i]
         item = self.dsets.items[self.idxs[i]]
-        try:
+        with ItemErrors(item):
             out = self._load(item, i)
-        except (ItemError, KeyError) as e:
-            err = item_error(item, e)
-            if err is e:
-                raise
-            raise err from None
         if not self.train and self.cache_bytes:
             self._remember(i, out, sum(getattr(o, "nbytes", 64) for o in out))
         return out

@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from imageblocks import demodata
 from imageblocks.download import CHUNK_SIZE, Checksum, ChecksumError, DownloadError, download_url
+from imageblocks.errors import ImageblocksError
 from imageblocks.lists import L
 from imageblocks.paths import Path, as_path
 
@@ -95,7 +96,7 @@ class URLs:
     DEMO_POINTS = f"{DEMO_SCHEME}demo_points"
 
 
-class UnsafeArchiveError(RuntimeError):
+class UnsafeArchiveError(ImageblocksError, RuntimeError):
     """An archive member would land outside the extraction folder, or is not a plain file."""
 
 

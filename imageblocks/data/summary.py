@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from imageblocks.data.datasets import LoaderItems, item_error
+from imageblocks.data.datasets import ItemErrors, LoaderItems
 from imageblocks.data.loaders import DataLoader, collate
-from imageblocks.errors import CollateError, ItemError
+from imageblocks.errors import CollateError
 
 
 def _show(o: Any) -> str:
@@ -61,13 +61,8 @@ def summarize(
         print(_indent(item, 6))
         value = item
         for name, f in p.steps():
-            try:
+            with ItemErrors(item):
                 value = f(value)
-            except (ItemError, KeyError) as e:
-                err = item_error(item, e)
-                if err is e:
-                    raise
-                raise err from None
             print(f"    applying {name} gives")
             print(_indent(_show(value) if not isinstance(value, (list, str)) else value, 6))
         sample.append(value)

@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from imageblocks.errors import ImageblocksError
 from imageblocks.learn.plan import TrainingPlan
+from imageblocks.utils import atomic_write
 
 FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ImageblocksError, RuntimeError):
     """A checkpoint that cannot be read, or that belongs to a different training call."""
 
 
@@ -54,21 +56,10 @@ class Checkpointer:
         return atomic_save(state, self.path)
 
 
-def atomic_save(obj: Any, path: Path) -> Path:
-    """`torch.save` to a temporary file in the same folder, flushed, then renamed onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C or a full disk mid-write: the old checkpoint stays intact
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` `obj` to `path` atomically (`atomic_write`): a Ctrl-C or a full disk
+    mid-write leaves the old checkpoint intact."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from imageblocks.learn import distributed
 from imageblocks.learn.optimizer import set_group_hypers
+from imageblocks.utils import callable_name
 
 if TYPE_CHECKING:
     from imageblocks.learn.learner import Learner
@@ -208,13 +209,6 @@ def slide(
     return float(lrs[max(left, 0)] * adjust_value)
 
 
-def _func_name(f: Callable) -> str:
-    """A suggestion function's name (through partials)."""
-    while isinstance(f, functools.partial):
-        f = f.func
-    return getattr(f, "__name__", type(f).__name__)
-
-
 @functools.cache
 def _suggested_type(names: tuple[str, ...]) -> type:
     """The namedtuple class for these field names (one class per set of names)."""
@@ -230,7 +224,7 @@ def _field_names(funcs: Sequence[Callable]) -> list[str]:
     """Valid, unique namedtuple field names for the suggestion functions."""
     names: list[str] = []
     for f in funcs:
-        name = re.sub(r"\W", "_", _func_name(f)).strip("_") or "suggestion"
+        name = re.sub(r"\W", "_", callable_name(f)).strip("_") or "suggestion"
         if name[0].isdigit():
             name = f"lr_{name}"
         base, k = name, 2

@@ -10,7 +10,6 @@ metrics the book defines itself (`accuracy_multi`) are written out here.
 
 from __future__ import annotations
 
-import functools
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,6 +24,8 @@ from torchmetrics.functional.classification import (
     multilabel_precision,
     multilabel_recall,
 )
+
+from imageblocks.utils import callable_name, unwrap_partial
 
 __all__ = [
     "accuracy_multi",
@@ -220,12 +221,9 @@ def _snake(name: str) -> str:
 
 def metric_name(m: Callable) -> str:
     """Readable name of a metric: a function's name, a partial's function's, or an object's."""
-    if isinstance(m, functools.partial):
-        return metric_name(m.func)
-    name = getattr(m, "name", None)
+    inner = unwrap_partial(m)
+    name = getattr(inner, "name", None)
     if isinstance(name, str):
         return name
-    name = getattr(m, "__name__", None)
-    if isinstance(name, str):
-        return name
-    return _snake(type(m).__name__)
+    named = isinstance(getattr(inner, "__name__", None), str)
+    return callable_name(inner) if named else _snake(type(inner).__name__)

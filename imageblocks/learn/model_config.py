@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from imageblocks.data.blocks import Task
+from imageblocks.errors import ImageblocksError
 
 FORMAT = "imageblocks"
 FORMAT_VERSION = 1
@@ -32,7 +33,7 @@ TASK_LOSSES = {
 REDO = "re-export the model with learn.export() (or `imageblocks train`)"
 
 
-class ExportError(ValueError):
+class ExportError(ImageblocksError, ValueError):
     """A learner that cannot be exported, or an export folder that cannot be loaded."""
 
 
@@ -65,7 +66,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class _Invalid(Exception):
+class _Invalid(ImageblocksError):
     """A field that breaks the schema: where it is and what it should be."""
 
     def __init__(self, field: str, expected: str, value: Any) -> None:

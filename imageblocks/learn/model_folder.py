@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from imageblocks.learn.model_config import ExportError
+from imageblocks.utils import atomic_write, fsync_dir
 
 _TAG = ".export-tmp"  # suffix of the hidden folders: `.{name}.{pid}-{random}.export-tmp`
 _STALE_S = 24 * 3600  # a temporary folder this old is removed even if its pid is alive
@@ -44,29 +45,10 @@ def write_bytes(file: Path, data: bytes) -> dict[str, object]:
 
 
 def replace_file(file: Path, data: bytes) -> dict[str, object]:
-    """Write `data` to a hidden file beside `file`, flushed, then rename it onto `file` (a
-    reader sees the old file or the new one); returns its `digest`."""
-    tmp = file.with_name(f".{file.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        found = write_bytes(tmp, data)
-        os.replace(tmp, file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return found
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows cannot open a folder
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write `data` onto `file` with `atomic_write` (a reader sees the old file or the new
+    one); returns its `digest`."""
+    atomic_write(file, data)
+    return digest(data)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -203,7 +185,7 @@ def write_folder(
         if path.is_dir():
             _carry_over(path, tmp, replaced)
             os.chmod(tmp, path.stat().st_mode & 0o7777)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if not path.exists():
             os.rename(tmp, path)
         elif not _exchange(tmp, path):
@@ -211,7 +193,7 @@ def write_folder(
             os.rename(path, aside)
             os.rename(tmp, path)
             tmp, aside = aside, None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:  # Ctrl-C or a full disk: the old folder stays as it was
         if aside is not None and not os.path.lexists(path):
             os.rename(aside, path)

@@ -24,6 +24,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from imageblocks.download import DownloadError, download_url, file_sha256
+from imageblocks.errors import ImageblocksError
 from imageblocks.models.head import create_head
 from imageblocks.models.same_conv import use_same_conv
 
@@ -36,7 +37,7 @@ HF_URL = "https://huggingface.co"
 WeightsPath = str | os.PathLike
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(ImageblocksError, RuntimeError):
     """No pretrained weights for an architecture were found locally or could be downloaded."""
 
 

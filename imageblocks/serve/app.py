@@ -37,7 +37,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn import Server
 
 from imageblocks import __version__
-from imageblocks.errors import ItemError
+from imageblocks.errors import ImageblocksError, ItemError
 from imageblocks.image import ImageTooLarge, _scaled_size, probe_image
 from imageblocks.learn.loading import load_learner
 from imageblocks.learn.predict import prediction_record
@@ -77,7 +77,7 @@ UPLOAD_SCHEMA = {
 }
 
 
-class _TooLarge(Exception):
+class _TooLarge(ImageblocksError):
     """The request body grew past the limit while it was being read."""
 
 

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imageblocks.errors import ImageblocksError
+
 MB = 1024 * 1024
 LINGER_BYTES = 256 * MB  # the most of an unwanted body read (and discarded) to answer readably
 CLOSE = (b"connection", b"close")
 
 
-class BodyTimeout(Exception):
+class BodyTimeout(ImageblocksError):
     """The request body did not arrive within the deadline."""
 
     def __init__(self, seconds: float) -> None:

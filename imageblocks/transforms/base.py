@@ -17,20 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "BatchTransform", "Kinds", "as_hw", "check_batch", "draw_uniform"]
+__all__ = ["Batch", "BatchTransform", "Kinds", "check_batch", "draw_uniform"]
 
 Batch = tuple[Tensor, ...]
 Kinds = Sequence[str]
-
-
-def as_hw(size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    """Normalise a size given as int or (h, w) to a (h, w) tuple of ints."""
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
 
 
 def check_batch(batch: Sequence[Tensor], kinds: Kinds) -> None:

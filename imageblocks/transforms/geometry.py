@@ -23,10 +23,10 @@ from imageblocks.transforms.base import (
     Batch,
     BatchTransform,
     Kinds,
-    as_hw,
     check_batch,
     draw_uniform,
 )
+from imageblocks.utils import parse_size
 
 __all__ = [
     "AffineWarp",
@@ -182,7 +182,7 @@ def warp_batch(
     if not images:
         return tuple(batch)
     b, _, h, w = images[0].shape
-    ho, wo = as_hw(size) or (h, w)
+    ho, wo = parse_size(size) if size is not None else (h, w)
     if any(t.shape[-2:] != (h, w) for t in images):
         raise ValueError("all images of a batch must share one size to be warped together")
     device = images[0].device
@@ -279,7 +279,7 @@ class AffineWarp(BatchTransform):
         batch: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.size = as_hw(size)
+        self.size = parse_size(size) if size is not None else None
         self.do_flip, self.flip_vert, self.p_flip = bool(do_flip), bool(flip_vert), float(p_flip)
         self.max_rotate, self.max_warp = float(max_rotate), float(max_warp)
         self.min_zoom, self.max_zoom = float(min_zoom), float(max_zoom)

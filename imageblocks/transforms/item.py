@@ -15,6 +15,8 @@ from enum import Enum
 import numpy as np
 from PIL import Image
 
+from imageblocks.utils import parse_size
+
 Box = tuple[float, float, float, float]
 
 
@@ -32,11 +34,6 @@ class PadMode(str, Enum):
     Zeros = "zeros"
     Border = "border"
     Reflection = "reflection"
-
-
-def _as_size(size: int | tuple[int, int]) -> tuple[int, int]:
-    """(h, w) from an int or a pair."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def move_points(points: np.ndarray | None, src: tuple[int, int], box: Box) -> np.ndarray | None:
@@ -110,7 +107,7 @@ class Resize(ItemTransform):
         pad_mode: PadMode | str = PadMode.Reflection,
         resample: int = Image.BILINEAR,
     ):
-        self.size = _as_size(size)
+        self.size = parse_size(size)
         self.method = ResizeMethod(method).value
         self.pad_mode = PadMode(pad_mode).value
         self.resample = resample
@@ -171,7 +168,7 @@ class RandomResizedCrop(ItemTransform):
         val_xtra: float = 0.14,
         max_scale: float = 1.0,
     ):
-        self.size = _as_size(size)
+        self.size = parse_size(size)
         self.min_scale, self.max_scale = min_scale, max_scale
         self.ratio = ratio
         self.resample = resample

@@ -1,0 +1,113 @@
+"""Small helpers every layer shares: atomic file writes, size parsing, callables' names.
+
+This module imports nothing from the rest of imageblocks but its errors, so any module may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import numbers
+import operator
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from imageblocks.errors import ArgumentError
+
+__all__ = ["atomic_write", "callable_name", "fsync_dir", "parse_size", "unwrap_partial"]
+
+
+def atomic_write(
+    path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], object]
+) -> Path:
+    """Write `data` (bytes, UTF-8 text, or a function writing to a binary file) to `path`
+    atomically: into a hidden file beside it, flushed to disk, then renamed onto it. A reader
+    sees the old file or the new one; on any error or Ctrl-C the old file stays and the
+    temporary one is removed. Returns `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _side(v: Any) -> int | None:
+    """`v` as a whole number of pixels, or None when it is not one."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        v = v.strip()
+        return int(v) if v.isdigit() else None
+    with contextlib.suppress(TypeError):
+        return operator.index(v)  # int, numpy and 0-d tensor integers
+    if isinstance(v, numbers.Real) and float(v).is_integer():
+        return int(v)
+    return None
+
+
+def parse_size(
+    size: int | str | Sequence[int], name: str = "size", min_side: int = 1
+) -> tuple[int, int]:
+    """(height, width) from `N`, `"N"`, `"HxW"`, `"H,W"` or an `(h, w)` pair, each side an
+    integer of `min_side` pixels or more; anything else is an `ArgumentError` naming `name`."""
+    if isinstance(size, str):
+        parts: list[Any] = size.lower().replace(",", "x").split("x")
+    else:
+        try:
+            parts = list(size)
+        except TypeError:  # a single number
+            parts = [size]
+    sides = [_side(p) for p in parts]
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or any(s is None or s < min_side for s in sides):
+        raise ArgumentError(
+            f"{name} must be N or HEIGHTxWIDTH (e.g. 128, 120x160 or (120, 160)) with sides of "
+            f"{min_side} pixel{'s' if min_side != 1 else ''} or more, not {size!r}"
+        )
+    h, w = sides
+    return h, w  # type: ignore[return-value]
+
+
+def unwrap_partial(f: Any) -> Any:
+    """The function inside (nested) `functools.partial`s; `f` itself when it is none."""
+    while isinstance(f, functools.partial):
+        f = f.func
+    return f
+
+
+def callable_name(f: Any) -> str:
+    """A short readable name: a function's or method's `__name__` (through partials), else the
+    object's class name."""
+    f = unwrap_partial(f)
+    name = getattr(f, "__name__", None)
+    return name if isinstance(name, str) else type(f).__name__
