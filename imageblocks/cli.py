@@ -16,7 +16,9 @@ from typing import Any
 
 import typer
 
+from imageblocks.errors import ImageblocksError
 from imageblocks.runtime import sleep_idle_threads
+from imageblocks.utils import parse_size
 
 app = typer.Typer(
     help="imageblocks: multi-label classification and key points, the fastai book's way.",
@@ -40,23 +42,12 @@ def _root() -> None:
 # --- errors ---------------------------------------------------------------------------------
 
 
-class CliError(Exception):
+class CliError(ImageblocksError):
     """Bad input found by the command itself."""
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from imageblocks.errors import CollateError
-    from imageblocks.learn.checkpoint import CheckpointError
-    from imageblocks.models.backbones import WeightsUnavailableError
-
-    return (
-        CliError,
-        ValueError,
-        FileNotFoundError,
-        CollateError,
-        WeightsUnavailableError,
-        CheckpointError,
-    )
+# ours, a missing file, and the plain ValueErrors that still report a bad argument
+USER_ERRORS = (ImageblocksError, ValueError, FileNotFoundError)
 
 
 def _one_line(e: BaseException) -> str:
@@ -73,7 +64,7 @@ def _user_errors() -> Iterator[None]:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
     except Exception as e:
-        if os.environ.get("IMAGEBLOCKS_DEBUG") or not isinstance(e, _user_error_types()):
+        if os.environ.get("IMAGEBLOCKS_DEBUG") or not isinstance(e, USER_ERRORS):
             raise
         typer.echo(f"error: {_one_line(e)}", err=True)
         raise typer.Exit(1) from None
@@ -84,27 +75,7 @@ def _user_errors() -> Iterator[None]:
 
 def _parse_size(text: str) -> tuple[int, int]:
     """'128' -> (128, 128); '120x160' or '120,160' -> (120, 160) as (height, width)."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise CliError(
-            f"--size must be N or HEIGHTxWIDTH (e.g. 128 or 120x160), not {text!r}"
-        ) from None
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) < 8:
-        raise CliError(
-            f"--size must be N or HEIGHTxWIDTH with sides of 8 pixels or more, not {text!r}"
-        )
-    return values[0], values[1]
-
-
-def _check_training_args(bs: int, epochs: int, freeze_epochs: int) -> None:
-    if bs < 1:
-        raise CliError(f"--bs must be at least 1, not {bs}")
-    if epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs == 0:
-        raise CliError("--epochs and --freeze-epochs must be 0 or more, and not both 0")
+    return parse_size(text, name="--size", min_side=8)
 
 
 def _use_agg() -> None:
@@ -119,17 +90,23 @@ def _columns(text: str | None) -> list[str] | None:
     return cols or None
 
 
-# --- training -------------------------------------------------------------------------------
-
-
-def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+def _train(task: str, out: Path, source: dict[str, Any], **kwargs: Any) -> None:
+    """Check the arguments, train from `source` (a CsvSource's fields, size as text), export to
+    `out` and print the summary; under torchrun every rank trains, rank 0 prints."""
+    bs, epochs, freeze_epochs = source["bs"], kwargs["epochs"], kwargs["freeze_epochs"]
+    if bs < 1:
+        raise CliError(f"--bs must be at least 1, not {bs}")
+    if epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs == 0:
+        raise CliError("--epochs and --freeze-epochs must be 0 or more, and not both 0")
+    _use_agg()
     from imageblocks.recipes.reports import summary_lines
+    from imageblocks.recipes.train import CsvSource, distributed_run, train
 
-    for line in [
-        *summary_lines(metrics, out),
-        f"next: imageblocks predict {out} IMAGE...   |   imageblocks serve {out}",
-    ]:
-        typer.echo(line)
+    with distributed_run():
+        source = CsvSource(**{**source, "size": _parse_size(source["size"])})
+        metrics = train(task, source, out, log=typer.echo, **kwargs)
+        typer.echo("\n".join(summary_lines(metrics, out)))
+        typer.echo(f"next: imageblocks predict {out} IMAGE...   |   imageblocks serve {out}")
 
 
 CsvOpt = typer.Option(..., "--csv", help="CSV file, one row per image.")
@@ -195,21 +172,14 @@ def train_multilabel(
 ) -> None:
     """Multi-label classification (PASCAL-style CSV): fine_tune, tune thresholds, export."""
     with _user_errors():
-        _check_training_args(bs, epochs, freeze_epochs)
-        _use_agg()
-        from imageblocks.recipes.train import CsvSource, distributed_run, train
-
-        source = CsvSource(
-            images, csv, fname_col=fname_col, label_col=label_col, split_col=split_col,
-            valid_pct=valid_pct,
+        _train(
+            "multilabel", out,
+            dict(images=images, csv=csv, fname_col=fname_col, label_col=label_col,
+                 split_col=split_col, valid_pct=valid_pct, size=str(size), bs=bs, seed=seed,
+                 num_workers=workers, device=device),
+            epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, tune=tune_thresholds,
+            resume=resume, arch=arch, pretrained=pretrained,
         )  # fmt: skip
-        with distributed_run():
-            metrics = train(
-                "multilabel", source, out, _parse_size(str(size)), epochs, freeze_epochs, lr,
-                tune=tune_thresholds, resume=resume, arch=arch, pretrained=pretrained, bs=bs,
-                seed=seed, num_workers=workers, device=device, log=typer.echo,
-            )  # fmt: skip
-            _print_summary(metrics, out)
 
 
 @train_app.command("points")
@@ -240,21 +210,14 @@ def train_points(
 ) -> None:
     """Key points (image regression): from a CSV of pixel coordinates, or --preset biwi."""
     with _user_errors():
-        _check_training_args(bs, epochs, freeze_epochs)
-        _use_agg()
-        from imageblocks.recipes.train import CsvSource, distributed_run, train
-
-        source = CsvSource(
-            images, csv, preset, fname_col=fname_col, point_cols=_columns(point_cols),
-            split_col=split_col, valid_pct=valid_pct,
+        _train(
+            "points", out,
+            dict(images=images, csv=csv, preset=preset, fname_col=fname_col,
+                 point_cols=_columns(point_cols), split_col=split_col, valid_pct=valid_pct,
+                 size=size, bs=bs, seed=seed, num_workers=workers, device=device),
+            epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, resume=resume, arch=arch,
+            pretrained=pretrained,
         )  # fmt: skip
-        with distributed_run():
-            metrics = train(
-                "points", source, out, _parse_size(size), epochs, freeze_epochs, lr, resume=resume,
-                arch=arch, pretrained=pretrained, bs=bs, seed=seed, num_workers=workers,
-                device=device, log=typer.echo,
-            )  # fmt: skip
-            _print_summary(metrics, out)
 
 
 # --- using a model --------------------------------------------------------------------------
@@ -295,9 +258,7 @@ def predict(
                 raise CliError("--thresh applies to multi-label models only")
             if not 0 < thresh < 1:
                 raise CliError(f"--thresh must be between 0 and 1, not {thresh}")
-            import torch
-
-            learn.thresholds = torch.full((len(learn.dls.vocab),), float(thresh))
+            learn.thresholds = [float(thresh)] * len(learn.dls.vocab)
         preds = [{"image": str(p), **prediction_record(learn, learn.predict(p))} for p in images]
     if as_json:
         typer.echo(json.dumps(preds, indent=2))
@@ -354,8 +315,6 @@ def lr_find(
 ) -> None:
     """Run the learning-rate finder on a fresh model; print the suggestions, save the plot."""
     with _user_errors():
-        if task not in ("multilabel", "points"):
-            raise CliError(f"--task must be multilabel or points, not {task!r}")
         if bs < 1 or num_it < 2:
             raise CliError("--bs must be at least 1 and --num-it at least 2")
         _use_agg()
@@ -364,11 +323,9 @@ def lr_find(
         source = CsvSource(
             images, csv, preset, fname_col=fname_col, label_col=label_col,
             point_cols=_columns(point_cols), split_col=split_col, valid_pct=valid_pct,
+            size=_parse_size(size), bs=bs, seed=seed, num_workers=workers, device=device,
         )  # fmt: skip
-        suggestions = find_lr(
-            task, source, out, _parse_size(size), num_it=num_it, arch=arch,
-            pretrained=pretrained, bs=bs, seed=seed, num_workers=workers, device=device,
-        )  # fmt: skip
+        suggestions = find_lr(task, source, out, num_it=num_it, arch=arch, pretrained=pretrained)
     for name, value in suggestions._asdict().items():
         typer.echo(f"{name}: {value:.2e}")
     typer.echo(f"wrote {out} (valley is the usual pick: --lr {suggestions.valley:.1e})")
@@ -388,19 +345,13 @@ def check(
     """Scan a dataset once and list every problem item with its reason (exit code 1 if any):
     missing or unreadable images, bad points, labels a model does not know."""
     with _user_errors():
-        from imageblocks.recipes.csv_data import check_csv, check_folder, read_csv
+        from imageblocks.recipes.csv_data import check_dataset
 
-        if not images.is_dir():
-            raise CliError(f"images folder not found: {images}")
-        if csv is None:
-            n, bad = check_folder(images)
-        else:
-            vocab = [str(v) for v in _load(model).dls.vocab] if model is not None else None
-            n = len(read_csv(csv))
-            bad = check_csv(
-                csv, images, fname_col=fname_col, point_cols=_columns(point_cols),
-                label_col=label_col if vocab is not None else None, vocab=vocab,
-            )  # fmt: skip
+        vocab = [str(v) for v in _load(model).dls.vocab] if model is not None else None
+        n, bad = check_dataset(
+            images, csv, fname_col=fname_col, point_cols=_columns(point_cols),
+            label_col=label_col, vocab=vocab,
+        )  # fmt: skip
     for f, reason in bad:
         typer.echo(f"{f}: {_one_line(reason)}")
     typer.echo(f"checked {n} images: {len(bad) or 'no'} problem{'s' if len(bad) != 1 else ''}")
@@ -422,12 +373,10 @@ def export_onnx_cmd(
         file = export_onnx(learn, out, opset=opset)
         spec = json.loads((file.parent / "config.json").read_text())["onnx"]
     shape = ", ".join(map(str, spec["input"]["shape"]))
-    typer.echo(f"wrote {file} and {file.parent / 'config.json'}")
     typer.echo(
+        f"wrote {file} and {file.parent / 'config.json'}\n"
         f"input '{spec['input']['name']}': float32 ({shape}), RGB in [0, 1] normalised with "
-        f"mean {spec['input']['mean']} std {spec['input']['std']}"
-    )
-    typer.echo(
+        f"mean {spec['input']['mean']} std {spec['input']['std']}\n"
         f"output '{spec['output']['name']}': ({', '.join(map(str, spec['output']['shape']))}), "
         f"activation to apply: {spec['output']['activation']}"
     )
@@ -493,9 +442,6 @@ def serve(
             allowed_hosts=allowed_host or (),
             **{k: v for k, v in limits.items() if v is not None},
         )
-
-
-# --- demo -----------------------------------------------------------------------------------
 
 
 @app.command()

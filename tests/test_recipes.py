@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from imageblocks.cli import app as cli_app
 from imageblocks.learn.loading import load_learner
 from imageblocks.learn.thresholds import class_thresholds, decision_thresholds
-from imageblocks.recipes.csv_data import CsvDataError, points_dataloaders
+from imageblocks.recipes.csv_data import CsvDataError
 from imageblocks.recipes.train import CsvSource, train
 from imageblocks.serve.app import create_app
 from tests.serve_models import VOCAB, export_multilabel, write_images
@@ -99,10 +99,10 @@ def test_train_from_a_csv_as_a_library_call(exported, tmp_path):
          "is_valid": [False, False, False, False, True, True]}
     ).to_csv(tmp_path / "split.csv", index=False)  # fmt: skip
     lines: list[str] = []
+    source = CsvSource(root / "images", tmp_path / "split.csv", size=32, bs=2, num_workers=0)
     metrics = train(
-        "multilabel", CsvSource(root / "images", tmp_path / "split.csv"), tmp_path / "m", 32,
-        epochs=1, freeze_epochs=0, lr=1e-3, arch="resnet18", pretrained=False, bs=2,
-        num_workers=0, log=lines.append,
+        "multilabel", source, tmp_path / "m", epochs=1, freeze_epochs=0, lr=1e-3,
+        arch="resnet18", pretrained=False, log=lines.append,
     )  # fmt: skip
     assert lines[0] == "data: 4 training / 2 validation images, 3 classes: car cat dog"
     assert any(line.startswith("thresholds: global") for line in lines)
@@ -113,10 +113,12 @@ def test_train_from_a_csv_as_a_library_call(exported, tmp_path):
     }
 
 
-def test_points_dataloaders_needs_one_source(tmp_path):
+def test_csv_source_needs_one_source_per_task(tmp_path):
     with pytest.raises(CsvDataError, match="one preset is 'biwi'"):
-        points_dataloaders(None, tmp_path, preset="coco")
+        CsvSource(tmp_path, preset="coco").dataloaders("points")
     with pytest.raises(CsvDataError, match="not both"):
-        points_dataloaders(tmp_path / "p.csv", tmp_path, preset="biwi")
-    with pytest.raises(CsvDataError, match="give a CSV"):
-        points_dataloaders(None, tmp_path)
+        CsvSource(tmp_path, tmp_path / "p.csv", preset="biwi").dataloaders("points")
+    with pytest.raises(CsvDataError, match=r"needs a CSV \(--csv"):
+        CsvSource(tmp_path).dataloaders("points")
+    with pytest.raises(CsvDataError, match="one of multilabel, points"):
+        CsvSource(tmp_path, tmp_path / "p.csv").dataloaders("segmentation")

@@ -28,12 +28,13 @@ from imageblocks.data.blocks import (
 from imageblocks.data.loaders import DataLoader, DataLoaders
 from imageblocks.data.sources import get_image_files
 from imageblocks.data.splitters import ColSplitter, RandomSplitter, Splitter
-from imageblocks.errors import ItemError
+from imageblocks.errors import ImageblocksError, ItemError
 from imageblocks.image import decode_image
 from imageblocks.paths import Path
 from imageblocks.recipes.book import points_block
 from imageblocks.transforms.batch import aug_transforms
 from imageblocks.transforms.item import RandomResizedCrop, Resize
+from imageblocks.utils import parse_size
 
 __all__ = [
     "CsvDataError",
@@ -42,11 +43,11 @@ __all__ = [
     "PointsFromCols",
     "biwi_dataloaders",
     "check_csv",
+    "check_dataset",
     "check_folder",
     "eval_dataloader",
     "multilabel_from_csv",
     "point_columns",
-    "points_dataloaders",
     "points_from_csv",
     "read_csv",
 ]
@@ -54,7 +55,7 @@ __all__ = [
 DEFAULT_SPLIT_COL = "is_valid"
 
 
-class CsvDataError(ValueError):
+class CsvDataError(ImageblocksError, ValueError):
     """A CSV, a column or an images folder that cannot be used as it is."""
 
 
@@ -276,14 +277,28 @@ def check_folder(images: str | os.PathLike) -> tuple[int, list[tuple[Path, str]]
     return len(files), bad
 
 
+def check_dataset(
+    images: str | os.PathLike,
+    csv: str | os.PathLike | None = None,
+    fname_col: str = "fname",
+    point_cols: Sequence[str] | None = None,
+    label_col: str = "labels",
+    vocab: Sequence[str] | None = None,
+) -> tuple[int, list[tuple[Path, str]]]:
+    """How many images, and every problem with its reason: the rows of `csv` (`check_csv`,
+    labels checked against `vocab` when given) or, with no CSV, every image under `images`."""
+    if not Path(images).is_dir():
+        raise CsvDataError(f"images folder not found: {images}")
+    if csv is None:
+        return check_folder(images)
+    bad = check_csv(
+        csv, images, fname_col=fname_col, point_cols=point_cols,
+        label_col=label_col if vocab is not None else None, vocab=vocab,
+    )  # fmt: skip
+    return len(read_csv(csv)), bad
+
+
 # --- DataLoaders ----------------------------------------------------------------------------
-
-
-def _size(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    h, w = (int(v) for v in size)
-    return (h, w)
 
 
 def multilabel_from_csv(
@@ -315,7 +330,7 @@ def multilabel_from_csv(
         get_x=ImageFromCol(images, fname_col),
         get_y=LabelsFromCol(label_col),
         splitter=splitter,
-        item_tfms=RandomResizedCrop(_size(size), min_scale=min_scale),
+        item_tfms=RandomResizedCrop(size, min_scale=min_scale),
     )
     return dblock.dataloaders(df, bs=bs, num_workers=num_workers, device=device)
 
@@ -344,7 +359,7 @@ def points_from_csv(
         get_x=ImageFromCol(images, fname_col),
         get_y=PointsFromCols(cols),
         splitter=splitter,
-        item_tfms=Resize(_size(size), method="squish"),
+        item_tfms=Resize(size, method="squish"),
         batch_tfms=aug_transforms(),
     )
     return dblock.dataloaders(df, bs=bs, num_workers=num_workers, device=device)
@@ -366,40 +381,8 @@ def biwi_dataloaders(
             f"{folder} is not a biwi_head_pose-style folder: no 01/rgb.cal (expected one "
             "folder per person, 01 .. 24, each with rgb.cal and frame_*_rgb.jpg/_pose.txt)"
         )
-    dblock = points_block(folder, size=_size(size))
+    dblock = points_block(folder, size=parse_size(size))
     return dblock.dataloaders(folder, bs=bs, num_workers=num_workers, device=device)
-
-
-def points_dataloaders(
-    csv: str | os.PathLike | None,
-    images: str | os.PathLike,
-    preset: str | None = None,
-    fname_col: str = "fname",
-    point_cols: Sequence[str] | None = None,
-    split_col: str | None = None,
-    valid_pct: float | None = None,
-    size: int | Sequence[int] = (240, 320),
-    bs: int = 64,
-    seed: int = 42,
-    num_workers: int | None = None,
-    device: Any = None,
-) -> DataLoaders:
-    """Key-point DataLoaders from a CSV of pixel coordinates, or from a folder with `preset`
-    'biwi' (the book's recipe); exactly one of the two."""
-    if preset is not None:
-        if preset.lower() != "biwi":
-            raise CsvDataError(f"unknown preset {preset!r}: the one preset is 'biwi'")
-        if csv is not None:
-            raise CsvDataError("give a CSV or the preset biwi, not both")
-        return biwi_dataloaders(images, size=size, bs=bs, num_workers=num_workers, device=device)
-    if csv is None:
-        raise CsvDataError(
-            "give a CSV (columns fname,x,y or fname,x0,y0,x1,y1,...) or the preset biwi"
-        )
-    return points_from_csv(
-        csv, images, fname_col=fname_col, point_cols=point_cols, split_col=split_col,
-        valid_pct=valid_pct, size=size, bs=bs, seed=seed, num_workers=num_workers, device=device,
-    )  # fmt: skip
 
 
 class _EveryRow:

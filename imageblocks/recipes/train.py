@@ -15,8 +15,14 @@ from typing import Any
 from imageblocks.data.loaders import DataLoaders
 from imageblocks.launcher import launched
 from imageblocks.learn import distributed
+from imageblocks.learn.learner import Learner
 from imageblocks.learn.lr_find import minimum, slide, steep, valley
-from imageblocks.recipes.csv_data import CsvDataError, multilabel_from_csv, points_dataloaders
+from imageblocks.recipes.csv_data import (
+    CsvDataError,
+    biwi_dataloaders,
+    multilabel_from_csv,
+    points_from_csv,
+)
 from imageblocks.recipes.fit import fit_and_export, make_learner, save_figure
 from imageblocks.recipes.reports import describe_data
 from imageblocks.seeding import set_seed
@@ -47,8 +53,9 @@ def distributed_run() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class CsvSource:
-    """A training set: a folder of images and a CSV naming them (or, for key points, the
-    'biwi' preset: a biwi_head_pose-style folder, no CSV), with the CSV's columns."""
+    """A training set and how to load it: a folder of images and a CSV naming them (or, for key
+    points, the 'biwi' preset: a biwi_head_pose-style folder, no CSV), the CSV's columns, the
+    model's input `size` (multi-label: the crop's side), batch size, seed, workers, device."""
 
     images: Path
     csv: Path | None = None
@@ -58,39 +65,56 @@ class CsvSource:
     point_cols: Sequence[str] | None = None
     split_col: str | None = None
     valid_pct: float | None = None
+    size: int | Sequence[int] = 128
+    bs: int = 64
+    seed: int = 42
+    num_workers: int | None = None
+    device: Any = None
 
-    def dataloaders(
-        self,
-        task: str,
-        size: int | Sequence[int],
-        bs: int = 64,
-        seed: int = 42,
-        num_workers: int | None = None,
-        device: Any = None,
-    ) -> DataLoaders:
-        """DataLoaders for `task` ('multilabel' or 'points') at `size`."""
+    def dataloaders(self, task: str) -> DataLoaders:
+        """DataLoaders for `task`: 'multilabel' (a CSV) or 'points' (a CSV or the preset)."""
+        if task not in TASKS:
+            raise CsvDataError(f"the task must be one of {', '.join(TASKS)}, not {task!r}")
+        loading = {"bs": self.bs, "num_workers": self.num_workers, "device": self.device}
+        if self.preset is not None:
+            if task != "points" or self.preset.lower() != "biwi":
+                raise CsvDataError(
+                    f"unknown preset {self.preset!r} (--preset) for {task}: the one preset is "
+                    "'biwi', for key points"
+                )
+            if self.csv is not None:
+                raise CsvDataError(
+                    "give a CSV (--csv) or the preset biwi (--preset biwi), not both"
+                )
+            return biwi_dataloaders(self.images, size=self.size, **loading)
+        if self.csv is None:
+            raise CsvDataError(
+                f"{task} training needs a CSV (--csv FILE, with a file-name column and "
+                + ("labels" if task == "multilabel" else "x,y or x0,y0,x1,y1,... in pixels")
+                + ")"
+                + (" or the preset biwi (--preset biwi)" if task == "points" else "")
+            )
+        split = {"split_col": self.split_col, "valid_pct": self.valid_pct, "seed": self.seed}
         if task == "multilabel":
-            if self.csv is None:
-                raise CsvDataError("a multi-label training set needs a CSV (--csv)")
             return multilabel_from_csv(
                 self.csv, self.images, fname_col=self.fname_col, label_col=self.label_col,
-                split_col=self.split_col, valid_pct=self.valid_pct, size=size, bs=bs, seed=seed,
-                num_workers=num_workers, device=device,
+                size=self.size, **split, **loading,
             )  # fmt: skip
-        if task == "points":
-            return points_dataloaders(
-                self.csv, self.images, self.preset, fname_col=self.fname_col,
-                point_cols=self.point_cols, split_col=self.split_col, valid_pct=self.valid_pct,
-                size=size, bs=bs, seed=seed, num_workers=num_workers, device=device,
-            )  # fmt: skip
-        raise CsvDataError(f"the task must be one of {', '.join(TASKS)}, not {task!r}")
+        return points_from_csv(
+            self.csv, self.images, fname_col=self.fname_col, point_cols=self.point_cols,
+            size=self.size, **split, **loading,
+        )  # fmt: skip
+
+    def learner(self, task: str, arch: str = DEFAULT_ARCH, pretrained: bool = True) -> Learner:
+        """Seeded, a fresh vision learner for these DataLoaders (see `make_learner`)."""
+        set_seed(self.seed)
+        return make_learner(self.dataloaders(task), arch, pretrained)
 
 
 def train(
     task: str,
     source: CsvSource,
     out: Path,
-    size: int | Sequence[int],
     epochs: int = 3,
     freeze_epochs: int = 1,
     lr: float | None = None,
@@ -98,18 +122,12 @@ def train(
     resume: bool = False,
     arch: str = DEFAULT_ARCH,
     pretrained: bool = True,
-    bs: int = 64,
-    seed: int = 42,
-    num_workers: int | None = None,
-    device: Any = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Seed, load `source` for `task`, fine_tune a vision learner and export it with its
-    metrics and plots to `out` (see `fit_and_export`); what metrics.json holds."""
-    set_seed(seed)
-    dls = source.dataloaders(task, size, bs=bs, seed=seed, num_workers=num_workers, device=device)
-    log(f"data: {describe_data(dls)}")
-    learn = make_learner(dls, arch, pretrained)
+    """Load `source` for `task`, fine_tune a fresh vision learner and export it with its metrics
+    and plots to `out` (see `fit_and_export`); what metrics.json holds."""
+    learn = source.learner(task, arch, pretrained)
+    log(f"data: {describe_data(learn.dls)}")
     return fit_and_export(learn, out, epochs, freeze_epochs, lr, tune=tune, resume=resume, log=log)
 
 
@@ -117,20 +135,13 @@ def find_lr(
     task: str,
     source: CsvSource,
     out: Path,
-    size: int | Sequence[int],
     num_it: int = 100,
     arch: str = DEFAULT_ARCH,
     pretrained: bool = True,
-    bs: int = 64,
-    seed: int = 42,
-    num_workers: int | None = None,
-    device: Any = None,
 ) -> tuple:
     """The learning-rate finder on a fresh learner for `source`: every suggestion (minimum,
     steep, valley, slide), the plot written to `out` (a PNG file)."""
-    set_seed(seed)
-    dls = source.dataloaders(task, size, bs=bs, seed=seed, num_workers=num_workers, device=device)
-    learn = make_learner(dls, arch, pretrained)
+    learn = source.learner(task, arch, pretrained)
     suggestions = learn.lr_find(
         num_it=num_it, show_plot=True, suggest_funcs=(minimum, steep, valley, slide)
     )
