@@ -28,6 +28,7 @@ from imageblocks.data.splitters import (
     FuncSplitter,
     GrandparentSplitter,
     IndexSplitter,
+    ParentSplitter,
     RandomSplitter,
 )
 from imageblocks.errors import CollateError, ItemError
@@ -333,3 +334,37 @@ def test_test_dl_needs_dataloaders_built_by_a_datablock():
     dls = DataLoaders.from_dsets(Datasets(list("abcd")), batch_size=2)
     with pytest.raises(ValueError, match="built by a DataBlock"):
         dls.test_dl(["a"])
+
+
+def test_vocab_blocks_build_their_vocab_from_the_training_values():
+    cat = CategoryBlock(sort=False, add_na=True)
+    cat.setup(["dog", "cat", "dog"])
+    assert list(cat.vocab) == ["#na#", "dog", "cat"]
+    cat = CategoryBlock()
+    cat.setup(["dog", "cat", "dog"])
+    assert list(cat.vocab) == ["cat", "dog"]
+    given = CategoryBlock(vocab=["b", "a"])
+    given.setup(["z"])
+    assert list(given.vocab) == ["b", "a"]
+    multi = MultiCategoryBlock(add_na=True)
+    multi.setup(["dog cat", "", "bird"])
+    assert list(multi.vocab) == ["#na#", "bird", "cat", "dog"]
+    encoded = MultiCategoryBlock(encoded=True, add_na=True)
+    encoded.setup([[0, 1, 0]])
+    assert list(encoded.vocab) == ["0", "1", "2"]
+
+
+def test_parent_and_grandparent_splitters_read_their_folder():
+    items = ["train/a/x.jpg", "valid/b/y.jpg", "train/c/z.jpg", "other/a/w.jpg"]
+    assert GrandparentSplitter()(items) == ([0, 2], [1])
+    assert ParentSplitter("a", "b")(items) == ([0, 3], [1])
+
+
+def test_normalize_decode_undoes_it():
+    norm = Normalize([0.5, 0.25], [0.5, 2.0])
+    x, pts = torch.rand(2, 2, 3, 3), torch.rand(2, 4, 2)
+    y, same = norm((x, pts), ("image", "points"))
+    assert same is pts
+    assert torch.allclose(y[:, 1], (x[:, 1] - 0.25) / 2.0)
+    back, _ = norm.decode((y, pts), ("image", "points"))
+    assert torch.allclose(back, x, atol=1e-6)

@@ -109,14 +109,11 @@ class DataBlock:
         path: Any = ".",
         verbose: bool = False,
         bs: int = 64,
-        val_bs: int | None = None,
-        shuffle: bool = True,
-        num_workers: int | None = None,
-        device: torch.device | str | None = None,
         batch_size: int | None = None,
         **kwargs: Any,
     ) -> DataLoaders:
-        """A training loader (shuffled, last partial batch dropped) and a validation loader.
+        """A training loader (shuffled, last partial batch dropped) and a validation loader;
+        `val_bs`, `shuffle`, `num_workers`, `device`, `cache_mb` are `dataloaders_from`'s.
 
         A batch size larger than the training set gives one (smaller) batch per epoch. An empty
         validation split is allowed, with a warning: training runs and reports no validation
@@ -130,16 +127,7 @@ class DataBlock:
                 UserWarning,
                 stacklevel=2,
             )
-        return self.dataloaders_from(
-            dsets,
-            path,
-            bs=batch_size or bs,
-            val_bs=val_bs,
-            shuffle=shuffle,
-            num_workers=num_workers,
-            device=device,
-            **kwargs,
-        )
+        return self.dataloaders_from(dsets, path, bs=batch_size or bs, **kwargs)
 
     def dataloaders_from(
         self,

@@ -109,22 +109,39 @@ class ImageBlock(TransformBlock):
         return [(f"{self.cls.__name__}.create", self.cls.create)]
 
 
-class CategoryBlock(TransformBlock):
+class _VocabBlock(TransformBlock):
+    """A target whose labels come from a vocab: the one given, or one built by `setup` from the
+    training set's values (with `#na#` first when `add_na`)."""
+
+    def __init__(self, vocab: Sequence[str] | None, add_na: bool) -> None:
+        super().__init__()
+        self.given_vocab, self.add_na = vocab, add_na
+        self.vocab: Vocab | None = Vocab(vocab) if vocab is not None else None
+
+    def setup(self, values):
+        if self.given_vocab is None:
+            self.vocab = self._vocab_from(values)
+
+    def _vocab_from(self, values: Sequence[Any]) -> Vocab:
+        return Vocab((["#na#"] if self.add_na else []) + self._labels(values))
+
+    def _labels(self, values: Sequence[Any]) -> list[str]:
+        """The labels found in the training set's values, in vocab order."""
+        raise NotImplementedError(f"{type(self).__name__} must say how it reads its labels")
+
+
+class CategoryBlock(_VocabBlock):
     """A single label out of a vocab (sorted, inferred from the training set unless given)."""
 
     task = Task.CATEGORY
 
     def __init__(self, vocab: Sequence[str] | None = None, sort: bool = True, add_na: bool = False):
-        super().__init__()
-        self.given_vocab, self.sort, self.add_na = vocab, sort, add_na
-        self.vocab: Vocab | None = Vocab(vocab) if vocab is not None else None
+        super().__init__(vocab, add_na)
+        self.sort = sort
 
-    def setup(self, values):
-        if self.given_vocab is not None:
-            return
-        names = {str(v) for v in values}
-        names = sorted(names) if self.sort else list(dict.fromkeys(str(v) for v in values))
-        self.vocab = Vocab((["#na#"] if self.add_na else []) + list(names))
+    def _labels(self, values: Sequence[Any]) -> list[str]:
+        names = dict.fromkeys(str(v) for v in values)
+        return sorted(names) if self.sort else list(names)
 
     def categorize(self, value: Any) -> torch.Tensor:
         """The label's index in the vocab."""
@@ -148,7 +165,7 @@ class CategoryBlock(TransformBlock):
         return CrossEntropyLossFlat()
 
 
-class MultiCategoryBlock(TransformBlock):
+class MultiCategoryBlock(_VocabBlock):
     """Several labels (or none) out of a sorted vocab, one-hot encoded as floats."""
 
     task = Task.MULTILABEL
@@ -156,19 +173,17 @@ class MultiCategoryBlock(TransformBlock):
     def __init__(
         self, encoded: bool = False, vocab: Sequence[str] | None = None, add_na: bool = False
     ):
-        super().__init__()
-        self.encoded, self.given_vocab, self.add_na = encoded, vocab, add_na
-        self.vocab: Vocab | None = Vocab(vocab) if vocab is not None else None
+        super().__init__(vocab, add_na)
+        self.encoded = encoded
 
-    def setup(self, values):
-        if self.given_vocab is not None:
-            return
-        if self.encoded:
+    def _vocab_from(self, values: Sequence[Any]) -> Vocab:
+        if self.encoded:  # one-hot targets already: the vocab is their positions
             n = len(values[0]) if len(values) else 0
-            self.vocab = Vocab(str(i) for i in range(n))
-            return
-        names = sorted({label for v in values for label in split_labels(v)})
-        self.vocab = Vocab((["#na#"] if self.add_na else []) + names)
+            return Vocab(str(i) for i in range(n))
+        return super()._vocab_from(values)
+
+    def _labels(self, values: Sequence[Any]) -> list[str]:
+        return sorted({label for v in values for label in split_labels(v)})
 
     def categorize(self, value: Any) -> torch.Tensor:
         """The indices of the labels in the vocab."""

@@ -95,27 +95,24 @@ def _parent_name(o: Any, level: int) -> str:
     return p.name
 
 
-def GrandparentSplitter(train_name: str = "train", valid_name: str = "valid") -> Splitter:
-    """Split image paths by their grandparent folder (`train/<class>/x.jpg`, `valid/<class>/y.jpg`)."""
+def _folder_splitter(level: int, train_name: str, valid_name: str) -> Splitter:
+    """Split paths by the name of the folder `level` steps up (1: the parent)."""
 
     def _split(items: Any) -> Splits:
-        names = [_parent_name(o, 2) for o in items]
+        names = [_parent_name(o, level) for o in items]
         return (
             [i for i, n in enumerate(names) if n == train_name],
             [i for i, n in enumerate(names) if n == valid_name],
         )
 
     return _split
+
+
+def GrandparentSplitter(train_name: str = "train", valid_name: str = "valid") -> Splitter:
+    """Split image paths by their grandparent folder (`train/<class>/x.jpg`, `valid/<class>/y.jpg`)."""
+    return _folder_splitter(2, train_name, valid_name)
 
 
 def ParentSplitter(train_name: str = "train", valid_name: str = "valid") -> Splitter:
     """Split image paths by their parent folder name."""
-
-    def _split(items: Any) -> Splits:
-        names = [_parent_name(o, 1) for o in items]
-        return (
-            [i for i, n in enumerate(names) if n == train_name],
-            [i for i, n in enumerate(names) if n == valid_name],
-        )
-
-    return _split
+    return _folder_splitter(1, train_name, valid_name)

@@ -56,23 +56,20 @@ class Normalize(BatchTransform):
         return self._cache[key]
 
     def __call__(self, batch: Sequence[Tensor], kinds: Kinds, train: bool = True) -> Batch:
-        """Normalise the images."""
-        check_batch(batch, kinds)
-        out = []
-        for t, k in zip(batch, kinds):
-            if k == "image":
-                _, _, inv_std, shift = self._stats(t)
-                t = torch.addcmul(shift, t, inv_std)
-            out.append(t)
-        return tuple(out)
+        """Normalise the images: (x - mean) / std, as x * (1 / std) + (-mean / std)."""
+        return self._affine(batch, kinds, inverse=False)
 
     def decode(self, batch: Sequence[Tensor], kinds: Kinds) -> Batch:
-        """Undo the normalisation of the images."""
+        """Undo the normalisation of the images: x * std + mean."""
+        return self._affine(batch, kinds, inverse=True)
+
+    def _affine(self, batch: Sequence[Tensor], kinds: Kinds, inverse: bool) -> Batch:
+        """Every image `t` as `t * inv_std + shift`, or back (`inverse`) as `t * std + mean`."""
         check_batch(batch, kinds)
         out = []
         for t, k in zip(batch, kinds):
             if k == "image":
-                mean, std, _, _ = self._stats(t)
-                t = torch.addcmul(mean, t, std)
+                mean, std, inv_std, shift = self._stats(t)
+                t = torch.addcmul(mean, t, std) if inverse else torch.addcmul(shift, t, inv_std)
             out.append(t)
         return tuple(out)
