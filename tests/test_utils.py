@@ -7,11 +7,13 @@ import importlib
 import inspect
 import pkgutil
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 import imageblocks
 from imageblocks.errors import ArgumentError, ImageblocksError, ItemError
+from imageblocks.recipes.fit import save_figure
 from imageblocks.utils import atomic_write, callable_name, parse_size
 
 
@@ -120,3 +122,11 @@ def test_callable_name():
     assert callable_name(_Metric()) == "_Metric"
     assert callable_name(_Metric().__call__) == "__call__"
     assert callable_name(len) == "len"
+
+
+def test_save_figure_writes_a_whole_png_and_no_temporary_file(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "loss.png")
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]

@@ -21,6 +21,7 @@ from imageblocks.recipes.fit import fit_and_export, make_learner, save_figure
 from imageblocks.recipes.reports import describe_data, summary_lines
 from imageblocks.recipes.train import DEFAULT_ARCH
 from imageblocks.seeding import set_seed
+from imageblocks.utils import atomic_write
 
 __all__ = [
     "DEMO_ARCH",
@@ -53,7 +54,7 @@ def demo_preview(out: Path, bs: int = 64, log: Callable[[str], None] = print) ->
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             dblock.summary(source)
-        (out / f"summary_{name}.txt").write_text(buf.getvalue())
+        atomic_write(out / f"summary_{name}.txt", buf.getvalue())
     xb, yb = dls_multi.one_batch()
     log(
         f"multi-label: {len(dls_multi.train.dataset)} train / {len(dls_multi.valid.dataset)} valid "

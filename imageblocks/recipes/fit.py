@@ -24,6 +24,7 @@ from imageblocks.learn.metrics import APScoreMulti, F1ScoreMulti, accuracy_multi
 from imageblocks.learn.thresholds import class_thresholds, tune_thresholds
 from imageblocks.recipes.history import LossHistory
 from imageblocks.recipes.reports import multilabel_metrics, points_metrics, raw_preds
+from imageblocks.utils import atomic_write
 
 __all__ = ["CHECKPOINT", "fit_and_export", "make_learner", "save_figure"]
 
@@ -32,9 +33,9 @@ RUN_FILE = ".run.json"
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Write a matplotlib figure as a PNG (under torchrun, rank 0 only) and close it."""
+    """Write a matplotlib figure as a PNG, atomically (under torchrun, rank 0 only), and close it."""
     if distributed.is_main():
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -112,7 +113,7 @@ def fit_and_export(
         log(f"lr_find: valley {lr:.2e} (used as the learning rate)")
         save_figure(learn.lr_find_figure, out / "lr_find.png")
     if distributed.is_main():
-        run_file.write_text(json.dumps({"lr": lr}))
+        atomic_write(run_file, json.dumps({"lr": lr}))
     history = LossHistory()
     learn.cbs.append(history)
     t0 = time.perf_counter()
@@ -157,7 +158,7 @@ def fit_and_export(
         }
     )
     if distributed.is_main():
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
         checkpoint.unlink(missing_ok=True)
         run_file.unlink(missing_ok=True)
     return metrics
