@@ -91,7 +91,7 @@ def parse_size(
         sides *= 2
     if len(sides) != 2 or any(s is None or s < min_side for s in sides):
         raise ArgumentError(
-            f"{name} must be N or HEIGHTxWIDTH (e.g. 128, 120x160 or (120, 160)) with sides of "
+            f"{name} must be N or HEIGHTxWIDTH (e.g. 128 or 120x160) with sides of "
             f"{min_side} pixel{'s' if min_side != 1 else ''} or more, not {size!r}"
         )
     h, w = sides
