@@ -35,7 +35,7 @@ from imageblocks.data.splitters import (
     ParentSplitter,
     RandomSplitter,
 )
-from imageblocks.errors import CollateError, ItemError
+from imageblocks.errors import CollateError, ImageblocksError, ItemError
 from imageblocks.image import PILImage, open_image
 from imageblocks.learn.callbacks import Callback, Recorder
 from imageblocks.learn.checkpoint import CheckpointError, load_checkpoint

@@ -37,6 +37,13 @@ def test_every_exception_class_of_the_package_derives_from_imageblocks_error():
     assert not loose, f"errors that do not derive from ImageblocksError: {loose}"
 
 
+def test_the_base_class_is_on_the_notebook_surface():
+    import imageblocks.all
+
+    assert imageblocks.all.ImageblocksError is ImageblocksError
+    assert "ImageblocksError" in imageblocks.all.__all__
+
+
 def test_errors_keep_the_builtin_base_callers_catch():
     from imageblocks.download import DownloadError
     from imageblocks.learn.checkpoint import CheckpointError
