@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from imageblocks.learn import distributed
-from imageblocks.learn.callbacks import Callback, ProgressTable
+from imageblocks.learn.callbacks import Callback
 from imageblocks.learn.checkpoint import Checkpointer, check_plan, load_checkpoint, restore
 from imageblocks.learn.optimizer import set_group_hypers, weight_decay
 from imageblocks.learn.plan import TrainingPlan
+from imageblocks.learn.progress import ProgressTable
 
 if TYPE_CHECKING:
     from imageblocks.learn.learner import Learner
