@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from imageblocks.data.loaders import DataLoader, DataLoaders
-from imageblocks.image import decode_image
 from imageblocks.learn.learner import Learner
 from imageblocks.learn.metrics import (
     F1ScoreMulti,
@@ -19,9 +18,9 @@ from imageblocks.learn.metrics import (
     pixel_error,
 )
 from imageblocks.learn.onnx_export import input_size
+from imageblocks.learn.pixels import point_distances, source_half_sizes
 from imageblocks.learn.thresholds import class_thresholds, decision_thresholds
 from imageblocks.recipes.csv_data import eval_dataloader
-from imageblocks.transforms.item import source_region
 
 __all__ = [
     "describe_data",
@@ -69,25 +68,6 @@ def multilabel_metrics(
     }
 
 
-def source_half_sizes(dl: DataLoader) -> torch.Tensor | None:
-    """Half the width and height, in pixels of the original image, of the region each item of
-    `dl` shows the model (the scale of [-1, 1] coordinates); None when unknown."""
-    ds = getattr(dl, "dataset", None)
-    dsets, idxs = getattr(ds, "dsets", None), getattr(ds, "idxs", None)
-    if dsets is None or idxs is None:
-        return None
-    pipe = next((p for p in dsets.pipelines if p.kind == "image"), None)
-    if pipe is None:
-        return None
-    tfms = list(getattr(ds, "item_tfms", []))
-    halves = []
-    for i in idxs:
-        _, (w, h) = decode_image(pipe.get(dsets.items[i]), draft=(1, 1))
-        x0, y0, x1, y1 = source_region(tfms, w, h)
-        halves.append(((x1 - x0) / 2, (y1 - y0) / 2))
-    return torch.tensor(halves, dtype=torch.float32)
-
-
 def points_metrics(learn: Learner, dl: DataLoader | None = None) -> dict[str, Any]:
     """MSE in [-1, 1] coordinates; mean distance in pixels of the original images (and of the
     model's input), next to what always guessing the centre would give."""
@@ -101,8 +81,7 @@ def points_metrics(learn: Learner, dl: DataLoader | None = None) -> dict[str, An
     if halves is not None and len(halves) == len(targs):
         for key, guess in (("pixel_error", preds), ("pixel_error_if_always_centre", None)):
             guess = torch.zeros_like(targs) if guess is None else guess
-            diff = (guess - targs).reshape(len(targs), -1, 2) * halves[:, None, :]
-            out[key] = _r(diff.norm(dim=-1).mean(), 3)
+            out[key] = _r(point_distances(guess, targs, halves).mean(), 3)
     h, w = input_size(learn) or (0, 0)
     if h and w:
         out["input_pixel_error"] = _r(pixel_error(preds, targs, (w, h)), 3)
