@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from imageblocks.data.blocks import Task, task_of
+from imageblocks.models.grad_cam import grad_cam
 
 
 def _subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
@@ -119,11 +120,15 @@ def show_results(
     nrows: int | None = None,
     ncols: int | None = None,
     figsize: tuple | None = None,
+    cam: bool = False,
 ):
     """Targets beside predictions for the first batch of `dl`; returns the figure.
 
     Points: the target in green and the prediction in red on each image. Labels: the title
-    shows the true labels over the predicted ones."""
+    shows the true labels over the predicted ones; `cam=True` lays each image's Grad-CAM of its
+    most likely class over it (`learn.cam` for one image and any class)."""
+    if cam and task_of(learn.dls.target_block) not in (Task.MULTILABEL, Task.CATEGORY):
+        raise ValueError("show_results(cam=True) needs a classification model, not key points")
     b = dl.one_batch()
     n_inp = learn.dls.n_inp
     xs, ys = b[:n_inp], b[n_inp:]
@@ -146,6 +151,7 @@ def show_results(
         return fig
     fig, axs = _grid(n, nrows, ncols, figsize)
     decoded = learn.decode_preds(preds)
+    heat = grad_cam(learn.model, xs[0][:n], preds[:n].argmax(-1)).cpu() if cam else None
     for i in range(n):
         truth = _label_text(target, ys[0][i]) if ys else ""
         guess = _label_text(
@@ -153,6 +159,8 @@ def show_results(
         )
         color = "green" if truth == guess else "red"
         show_image(x[i], axs[i])
+        if heat is not None:
+            axs[i].imshow(heat[i, 0].numpy(), cmap="jet", alpha=0.5)
         axs[i].set_title(f"{truth}\n{guess}", fontsize=9, color=color)
     fig.tight_layout()
     return fig

@@ -23,6 +23,7 @@ from imageblocks import runtime
 from imageblocks.data.loaders import DataLoader, DataLoaders
 from imageblocks.learn import distributed
 from imageblocks.learn.callbacks import Callback, Recorder
+from imageblocks.learn.cam import CAM, learner_cam
 from imageblocks.learn.export import export_learner
 from imageblocks.learn.inference import OnnxRunner
 from imageblocks.learn.loop import run_plan
@@ -332,6 +333,10 @@ class Learner:
         """`predict` for many images (paths, bytes, PIL images, arrays), batched: its results."""
         return predict_batch(self, items, bs)
 
+    def cam(self, img: Any, label: Any = None, layer: nn.Module | None = None) -> CAM | list[CAM]:
+        """Grad-CAM of `img` for `label` (on the body, or `layer`); None: the predicted labels."""
+        return learner_cam(self, img, label, layer)
+
     def show_results(
         self,
         ds_idx: int = 1,
@@ -340,11 +345,13 @@ class Learner:
         nrows: int | None = None,
         ncols: int | None = None,
         figsize: tuple | None = None,
+        cam: bool = False,
     ):
-        """Targets next to predictions for the first images of the validation set; a figure."""
-        return show_results(
-            self, self._dl(ds_idx, dl), max_n=max_n, nrows=nrows, ncols=ncols, figsize=figsize
-        )
+        """Targets next to predictions for the first images of the validation set; a figure.
+
+        `cam=True`: each image under the class activation map of its most likely class."""
+        dl = self._dl(ds_idx, dl)
+        return show_results(self, dl, max_n, nrows, ncols, figsize, cam=cam)
 
     # --- export and weights ----------------------------------------------------------------
     def export(self, path: Any = "export") -> Any:
