@@ -1,4 +1,5 @@
-"""Pictures: `show_batch`, `show_results`, `plot_function`, with matplotlib as the book does."""
+"""Pictures: `show_batch`, `show_results`, `plot_function`, with matplotlib as the book does;
+each shown once in a notebook (`InlineFigure`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,38 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from imageblocks.data.blocks import Task, task_of
 from imageblocks.models.grad_cam import grad_cam
 
 
-def _subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-    """`plt.subplots`, with pyplot imported only when a picture is drawn (not at import)."""
+class InlineFigure(Figure):
+    """A matplotlib figure that a notebook shows once, whether a cell returns it or only draws it.
+
+    Jupyter's inline backend shows every figure a cell drew, and shows the cell's value too: a
+    function that draws a figure and returns it (`show_batch`) would appear twice. Displayed in
+    a notebook, this figure shows itself and leaves pyplot, so the second display finds nothing.
+    """
+
+    def _ipython_display_(self) -> None:
+        import matplotlib
+        import matplotlib.pyplot as plt
+        from IPython.core.pylabtools import print_figure
+        from IPython.display import Image, display
+
+        if "inline" not in matplotlib.get_backend():  # a window or a terminal: as pyplot does
+            display({"text/plain": repr(self)}, raw=True)
+            return
+        display(Image(print_figure(self, "png")))
+        plt.close(self)
+
+
+def subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """`plt.subplots` making an `InlineFigure` (shown once in a notebook)."""
     import matplotlib.pyplot as plt
 
-    return plt.subplots(*args, **kwargs)
+    return plt.subplots(*args, FigureClass=InlineFigure, **kwargs)
 
 
 def _grid(n: int, nrows: int | None, ncols: int | None, figsize: tuple | None, scale: float = 3.0):
@@ -28,7 +51,7 @@ def _grid(n: int, nrows: int | None, ncols: int | None, figsize: tuple | None, s
     if ncols is None:
         ncols = math.ceil(n / nrows)
     figsize = figsize or (ncols * scale, nrows * scale)
-    fig, axs = _subplots(nrows, ncols, figsize=figsize, squeeze=False)
+    fig, axs = subplots(nrows, ncols, figsize=figsize, squeeze=False)
     for ax in axs.flat:
         ax.set_axis_off()
     return fig, list(axs.flat)
@@ -102,7 +125,7 @@ def plot_function(
 ):
     """Plot `f` between `min` and `max`, as the book does for sigmoid_range."""
     x = torch.linspace(min, max, 100)
-    fig, ax = _subplots(figsize=figsize)
+    fig, ax = subplots(figsize=figsize)
     ax.plot(x.numpy(), np.asarray(f(x)))
     if tx is not None:
         ax.set_xlabel(tx)
