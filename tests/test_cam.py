@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import urllib.request
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 from torch import nn
 
@@ -14,8 +18,12 @@ from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, PointBlock
 from imageblocks.learn.cam import CAM
 from imageblocks.learn.learner import Learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.models.grad_cam import grad_cam
+from imageblocks.serve.app import create_app
+from tests.serve_models import export_multilabel, export_points, write_images
 from tests.test_interpret import SIZE, tiny_model, train_colours
+from tests.test_serve_socket import BOUNDARY, multipart, running
 
 
 def bright_detector() -> nn.Sequential:
@@ -120,3 +128,67 @@ def test_cam_refuses_a_points_model(tmp_path):
         learn.cam(tmp_path / "a.png")
     with pytest.raises(ValueError, match="classification model"):
         learn.show_results(cam=True)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("served")
+    images = write_images(root / "images")
+    return {
+        "images": images,
+        "ml": export_multilabel(images, root / "ml"),
+        "pts": export_points(images, root / "pts"),
+    }
+
+
+def _png(url: str) -> Image.Image:
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix)
+    return Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :])))
+
+
+def test_the_service_returns_a_cam_per_predicted_label(served):
+    data = served["images"][-1].read_bytes()
+    learn = load_learner(served["ml"])
+    expected = learn.cam(data)
+    with TestClient(create_app(served["ml"])) as client:
+        assert client.get("/info").json()["cam"] is True
+        plain = client.post("/predict", files={"file": ("a.png", data, "image/png")}).json()
+        assert "cams" not in plain
+        r = client.post("/predict?cam=1", files={"file": ("a.png", data, "image/png")})
+        assert r.status_code == 200
+        res = r.json()
+        assert list(res["cams"]) == [c.label for c in expected]
+        assert set(res["cams"]) == set(res["labels"]) or (
+            not res["labels"] and len(res["cams"]) == 1
+        )
+        for c in expected:
+            png = _png(res["cams"][c.label])
+            assert png.size == (32, 32)
+            assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(c.overlay()))
+        page = client.get("/")
+        assert 'id="cam"' in page.text and "predict?cam=1" in page.text
+        assert "img-src blob: data:" in page.headers["content-security-policy"]
+
+
+def test_the_service_refuses_cams_for_points(served):
+    data = served["images"][0].read_bytes()
+    with TestClient(create_app(served["pts"])) as client:
+        assert client.get("/info").json()["cam"] is False
+        r = client.post("/predict?cam=1", files={"file": ("a.jpg", data, "image/jpeg")})
+        assert r.status_code == 400 and "classification model" in r.json()["detail"]
+        ok = client.post("/predict", files={"file": ("a.jpg", data, "image/jpeg")})
+        assert ok.status_code == 200 and client.get("/health").status_code == 200
+
+
+def test_cams_over_a_real_socket(served):
+    body = multipart(served["images"][0].read_bytes())
+    with running(create_app(served["ml"])) as port:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict?cam=1",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            res = json.loads(r.read())
+    assert res["cams"] and all(_png(u).size == (32, 32) for u in res["cams"].values())

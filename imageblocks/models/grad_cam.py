@@ -11,6 +11,7 @@ hands the head a leaf copy of the activations, so a frozen body works and no `.g
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -41,8 +42,11 @@ def grad_cam(
     """
     classes = torch.as_tensor(classes, device=x.device).long().reshape(len(x), -1)
     kept: list[torch.Tensor] = []
+    caller = threading.get_ident()  # a service may run the model in other threads meanwhile
 
-    def keep(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    def keep(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != caller:
+            return None
         kept.append(output.detach().float().requires_grad_(True))
         return kept[-1]
 

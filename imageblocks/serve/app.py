@@ -12,6 +12,10 @@ model at once; a waiting upload stays spooled (1 MB in memory, the rest in a tem
 `/health`, `/info` and the page are never limited. Bodies have a deadline (`body_timeout`, 408)
 and early answers are readable (`guard.BodyGuard`); `serve` adds the header deadline and the
 allowed `Host` names (`server`).
+
+`POST /predict?cam=1` (classification models) adds `cams`: for each predicted label, its class
+activation map over the image the model saw, as a PNG data URL; one more forward and backward
+pass, inside the same request and model slots.
 """
 
 from __future__ import annotations
@@ -181,6 +185,11 @@ def _input_size(config: dict) -> dict[str, int] | None:
     return {"height": int(sizes[-1][0]), "width": int(sizes[-1][1])} if sizes else None
 
 
+def _data_url(png: bytes) -> str:
+    """PNG bytes as a `data:` URL (the page's Content-Security-Policy allows them as images)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def _page() -> tuple[str, str]:
     """The web page and a Content-Security-Policy that allows only its own inline script."""
     html = files("imageblocks.serve").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -236,6 +245,7 @@ def create_app(
         "max_upload_bytes": limit,
         "max_pixels": max_pixels,
         "max_requests": max_requests,
+        "cam": task in ("multilabel", "category"),
         "library_version": __version__,
     }
     app = FastAPI(
@@ -251,8 +261,8 @@ def create_app(
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
     app.add_middleware(BodyGuard, body_timeout=body_timeout)  # outermost: sees every answer
 
-    def run_model(data: bytes) -> dict[str, Any]:
-        """Check the header, decode and predict; runs in a worker thread."""
+    def run_model(data: bytes, cam: bool = False) -> dict[str, Any]:
+        """Check the header, decode and predict (and the CAMs); runs in a worker thread."""
         size = check_header(data, max_pixels, draft)
         try:
             out = learn.predict(data)
@@ -266,6 +276,8 @@ def create_app(
             record.update(thresholds=thresholds, no_known_object=len(record["labels"]) == 0)
         elif task == "points":
             record["image_size"] = list(size)
+        if cam:
+            record["cams"] = {c.label: _data_url(c.png()) for c in learn.cam(data)}
         return record
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -291,7 +303,13 @@ def create_app(
 
     @app.post("/predict", openapi_extra=UPLOAD_SCHEMA)
     async def predict(request: Request) -> dict[str, Any]:
-        """Predict one image sent as multipart/form-data field `file`."""
+        """Predict one image sent as multipart/form-data field `file`; `?cam=1`: with the class
+        activation maps of the predicted labels."""
+        cam = request.query_params.get("cam", "0").lower() in ("1", "true", "yes")
+        if cam and not info["cam"]:
+            raise HTTPException(
+                400, f"Class activation maps need a classification model, not {task}."
+            )
         if not in_progress.enter():
             raise HTTPException(
                 503,
@@ -310,7 +328,7 @@ def create_app(
                     await upload.seek(0)
                     data = await upload.read()
                     try:
-                        return await run_in_threadpool(run_model, data)
+                        return await run_in_threadpool(run_model, data, cam)
                     except HTTPException:
                         raise
                     except Exception:
