@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from imageblocks.learn.lr_find import LossSmoother
+from imageblocks.show import subplots
 
 
 class Callback:
@@ -79,7 +79,7 @@ class Recorder(Callback):
 
     def plot_loss(self, skip_start: int = 5, with_valid: bool = True):
         """Training loss per batch (smoothed) and validation loss per epoch; returns the figure."""
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = subplots(figsize=(6, 4))
         losses = np.asarray(self.losses)
         ax.plot(range(skip_start, len(losses)), losses[skip_start:], label="train")
         if with_valid and self.values:
@@ -92,7 +92,7 @@ class Recorder(Callback):
 
     def plot_sched(self):
         """The learning rate (and momentum) per batch; returns the figure."""
-        fig, axs = plt.subplots(1, 2, figsize=(8, 3))
+        fig, axs = subplots(1, 2, figsize=(8, 3))
         axs[0].plot(self.lrs)
         axs[0].set_title("learning rate")
         axs[1].plot(self.moms)
