@@ -147,13 +147,17 @@ class DataBlock:
         workers = default_workers() if num_workers is None else num_workers
         draft = self.draft_size()
         kinds = dsets.kinds
+        target = dsets.pipelines[-1].block if len(dsets.pipelines) > dsets.n_inp else None
+        pairs = getattr(target, "flip_pairs", None)
+        item_tfms = _with_flip_pairs(self.item_tfms, pairs)
+        batch_tfms = _with_flip_pairs(self.batch_tfms, pairs)
         if cache_mb is None:
             cache_mb = float(os.environ.get("IMAGEBLOCKS_CACHE_MB", DEFAULT_CACHE_MB))
         cache_bytes = int(cache_mb * 2**20)
 
         def make(idxs: Sequence[int], train: bool, batch: int) -> DataLoader:
             ds = LoaderItems(
-                dsets, idxs, self.item_tfms, train=train, draft=draft, cache_bytes=cache_bytes
+                dsets, idxs, item_tfms, train=train, draft=draft, cache_bytes=cache_bytes
             )
             return DataLoader(
                 ds,
@@ -162,22 +166,21 @@ class DataBlock:
                 drop_last=shuffle and train,
                 num_workers=workers,
                 device=device,
-                after_batch=self.batch_tfms,
+                after_batch=batch_tfms,
                 kinds=kinds,
                 train=train,
                 **kwargs,
             )
 
         loaders = [make(dsets.splits[0], True, bs), make(dsets.splits[1], False, val_bs or bs)]
-        target = dsets.pipelines[-1].block if len(dsets.pipelines) > dsets.n_inp else None
         return DataLoaders(
             *loaders,
             path=path,
             dsets=dsets,
             target_block=target,
             c=_n_out(dsets, target),
-            item_tfms=self.item_tfms,
-            batch_tfms=self.batch_tfms,
+            item_tfms=item_tfms,
+            batch_tfms=batch_tfms,
             draft=draft,
         )
 
@@ -205,6 +208,20 @@ class DataBlock:
                         reason = f"{describe_item(item)}: {reason}"
                     problems.append((item, reason))
         return problems
+
+
+def _with_flip_pairs(tfms: list[Any], pairs: Any) -> list[Any]:
+    """The transforms, those that mirror points (with a `flip_pairs`) copied and told the
+    target's pairs: the transforms know no block, the block's pairs reach them as data."""
+    if not pairs:
+        return list(tfms)
+    out = []
+    for t in tfms:
+        if hasattr(t, "flip_pairs"):
+            t = copy.copy(t)
+            t.flip_pairs = pairs
+        out.append(t)
+    return out
 
 
 def _n_out(dsets: Datasets, target: TransformBlock | None) -> int | None:

@@ -25,6 +25,7 @@ from imageblocks.losses import (
     FlattenedLoss,
     MSELossFlat,
 )
+from imageblocks.transforms.pairs import check_flip_pairs
 from imageblocks.utils import callable_name
 
 Step = tuple[str, Callable[[Any], Any]]
@@ -273,16 +274,21 @@ class PointBlock(TransformBlock):
     or at most 10% of the image's size outside it (kept as it is, its target a little beyond
     [-1, 1]); farther out, the loader raises `ItemError` naming the item. `outside="clamp"`
     moves every outside point to the nearest edge instead; `"keep"` keeps them all.
+
+    `flip_pairs=[(0, 1), ...]` names the landmarks that are each other's mirror (left eye,
+    right eye): a transform that mirrors the image swaps their identities, in augmentation and
+    in `learn.tta`, and the export records them.
     """
 
     kind = "points"
     task = Task.POINTS
 
-    def __init__(self, outside: str = "error"):
+    def __init__(self, outside: str = "error", flip_pairs: Sequence[Sequence[int]] | None = None):
         super().__init__([to_points])
         if outside not in ("error", "clamp", "keep"):
             raise ValueError(f"outside must be 'error', 'clamp' or 'keep', not {outside!r}")
         self.outside = outside
+        self.flip_pairs = check_flip_pairs(flip_pairs)
 
     def steps(self):
         return [("TensorPoint.create", to_points)]

@@ -95,6 +95,8 @@ def learner_config(learn: Learner) -> dict:
     thresholds = learn.thresholds
     if isinstance(thresholds, torch.Tensor):
         thresholds = thresholds.tolist()
+    pairs = getattr(target, "flip_pairs", None)
+    flip_pairs = {"flip_pairs": [list(p) for p in pairs]} if pairs else {}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -109,6 +111,7 @@ def learner_config(learn: Learner) -> dict:
         },
         "item_tfms": _item_config(learn.dls.item_tfms),
         "batch_tfms": _batch_config(learn.dls.valid.after_batch),
+        **flip_pairs,  # only a points model with mirror pairs has them
     }
 
 

@@ -68,7 +68,7 @@ def _target_block(config: dict) -> TransformBlock:
     if task == Task.CATEGORY:
         return CategoryBlock(vocab=vocab)
     if task == Task.POINTS:
-        return PointBlock()
+        return PointBlock(flip_pairs=config.get("flip_pairs"))
     if task == Task.REGRESSION:
         return RegressionBlock()
     raise ExportError(

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from imageblocks.data.blocks import Task
 from imageblocks.errors import ImageblocksError
+from imageblocks.transforms.pairs import check_flip_pairs
 
 FORMAT = "imageblocks"
 FORMAT_VERSION = 1
@@ -287,6 +288,20 @@ def _label(v: Any, field: str) -> Any:
     raise _Invalid(field, f"a class name (a string of up to {LIMITS.label_chars} characters)", v)
 
 
+def _flip_pairs(v: Any, task: str, n_out: int) -> list:
+    """The landmark pairs a mirror swaps: [[i, j], ...], indices of the model's n_out / 2 points."""
+    if task != "points":
+        raise _Invalid("flip_pairs", f"null for a {task} model", v)
+    n = n_out // 2
+    pair = _list(_int(0, n - 1), 2, 2, f"[i, j], two indices of the {n} points")
+    pairs = _list(pair, 0, n, f"a list of at most {n} [i, j] pairs")(v, "flip_pairs")
+    try:
+        check_flip_pairs(pairs)
+    except ValueError as e:
+        raise _Invalid("flip_pairs", "pairs of distinct points, each in one pair", v) from e
+    return pairs
+
+
 def _check(config: Any) -> None:
     """Raise `_Invalid` for the first field of `config` that breaks the schema."""
     if not isinstance(config, dict):
@@ -319,6 +334,8 @@ def _check(config: Any) -> None:
         out = _fields(thresholds, "thresholds", spec)
         if task != "multilabel" and out.get("per_class") is not None:
             raise _Invalid("thresholds.per_class", f"null for a {task} model", out["per_class"])
+    if config.get("flip_pairs") is not None:
+        _flip_pairs(config["flip_pairs"], task, n_out)
     for i, t in enumerate(_seq(config.get("item_tfms"), "item_tfms", LIMITS.transforms)):
         _item_tfm(t, f"item_tfms[{i}]")
     for i, t in enumerate(_seq(config.get("batch_tfms"), "batch_tfms", LIMITS.transforms)):

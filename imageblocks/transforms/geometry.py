@@ -26,6 +26,7 @@ from imageblocks.transforms.base import (
     check_batch,
     draw_uniform,
 )
+from imageblocks.transforms.pairs import FlipPairs, check_flip_pairs, swap_reflected
 from imageblocks.utils import parse_size
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "flip_mat",
     "rotate_mat",
     "warp_batch",
+    "warp_points",
     "warp_mat",
     "zoom_mat",
 ]
@@ -173,10 +175,12 @@ def warp_batch(
     pad_mode: str = "reflection",
     align_corners: bool = False,
     affine: bool | None = None,
+    flip_pairs: FlipPairs | None = None,
 ) -> Batch:
     """Resample every image of the batch once through per-sample homographies ``mats`` (B, 3, 3)
     (output-normalised -> input-normalised coords, grid_sample's ``align_corners`` convention; None
-    means identity) at ``size``, and move the points by the inverse matrices."""
+    means identity) at ``size``, and move the points by the inverse matrices; in the samples a
+    matrix mirrors (negative determinant), the ``flip_pairs`` of points swap identities."""
     check_batch(batch, kinds)
     images = [t for t, k in zip(batch, kinds) if k == "image"]
     if not images:
@@ -204,7 +208,6 @@ def warp_batch(
     # a pure bilinear resize samples exactly where the identity grid would: use the cheaper op
     grid = None if resize_only else _grid(mats, ho, wo, align_corners, affine)
 
-    point_map = None
     out = []
     for t, k in zip(batch, kinds):
         if k == "image":
@@ -214,11 +217,33 @@ def warp_batch(
                 g = grid if grid.dtype == t.dtype else grid.to(t.dtype)
                 t = F.grid_sample(t, g, mode, pad_mode, align_corners=align_corners)
         elif k == "points" and not (identity and not align_corners):
-            if point_map is None:
-                point_map = _point_map(mats, (h, w), (ho, wo), align_corners)
-            t = _map_points(t, point_map)
+            t = warp_points(t, mats, (h, w), (ho, wo), align_corners, flip_pairs)
         out.append(t)
     return tuple(out)
+
+
+def warp_points(
+    points: Tensor,
+    mats: Tensor,
+    in_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    align_corners: bool = False,
+    flip_pairs: FlipPairs | None = None,
+    inverse: bool = False,
+) -> Tensor:
+    """Points (B, n, 2) of images that ``warp_batch`` warps by ``mats`` (from ``in_hw`` to
+    ``out_hw`` pixels), where they land in the warped images; in the samples a matrix mirrors
+    (negative determinant), the ``flip_pairs`` swap identities. ``inverse``: points found in the
+    warped images, mapped back onto the images before the warp (and swapped back)."""
+    mats = mats.to(device=points.device, dtype=torch.float32)
+    if not inverse:
+        move = _point_map(mats, in_hw, out_hw, align_corners)
+    elif align_corners:
+        move = _corner_scale(*in_hw, mats.device, inverse=True) @ mats
+        move = move @ _corner_scale(*out_hw, mats.device)
+    else:
+        move = mats  # output -> input is what the matrices are
+    return swap_reflected(_map_points(points, move), torch.linalg.det(mats) < 0, flip_pairs)
 
 
 def _point_map(mats: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int], ac: bool) -> Tensor:
@@ -278,6 +303,7 @@ class AffineWarp(BatchTransform):
         align_corners: bool = False,
         batch: bool = False,
         generator: torch.Generator | None = None,
+        flip_pairs: FlipPairs | None = None,
     ) -> None:
         self.size = parse_size(size) if size is not None else None
         self.do_flip, self.flip_vert, self.p_flip = bool(do_flip), bool(flip_vert), float(p_flip)
@@ -286,6 +312,7 @@ class AffineWarp(BatchTransform):
         self.p_affine, self.min_scale = float(p_affine), float(min_scale)
         self.mode, self.pad_mode, self.align_corners = mode, pad_mode, bool(align_corners)
         self.batch, self.generator = bool(batch), generator
+        self.flip_pairs = check_flip_pairs(flip_pairs)  # the DataBlock sets its PointBlock's
         if not 0 < self.min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
         if self.min_zoom <= 0 or self.max_zoom < self.min_zoom:
@@ -343,18 +370,34 @@ class AffineWarp(BatchTransform):
             mat = torch.eye(3, device=device).expand(n, 3, 3)
         return mat, not perspective
 
-    def __call__(self, batch: Sequence[Tensor], kinds: Kinds, train: bool = True) -> Batch:
-        """Warp a training batch randomly, or only resize a validation batch."""
+    def warp(
+        self, batch: Sequence[Tensor], kinds: Kinds, train: bool = True
+    ) -> tuple[Batch, Tensor | None]:
+        """The batch warped (randomly when ``train``) and the matrices drawn for it (None: none
+        drawn), which ``warp_points(..., inverse=True)`` takes to map points found in the result back."""
         check_batch(batch, kinds)
         image = next((t for t, k in zip(batch, kinds) if k == "image"), None)
         if image is None:
-            return tuple(batch)
+            return tuple(batch), None
         mats, affine = None, True
         if train and self.is_random:
             mats, affine = self.get_matrices(image.shape[0], image.shape[-2:], image.device)
-        return warp_batch(
-            batch, kinds, mats, self.size, self.mode, self.pad_mode, self.align_corners, affine
+        out = warp_batch(
+            batch,
+            kinds,
+            mats,
+            self.size,
+            self.mode,
+            self.pad_mode,
+            self.align_corners,
+            affine,
+            self.flip_pairs,
         )
+        return out, mats
+
+    def __call__(self, batch: Sequence[Tensor], kinds: Kinds, train: bool = True) -> Batch:
+        """Warp a training batch randomly, or only resize a validation batch."""
+        return self.warp(batch, kinds, train)[0]
 
 
 # --- fastai-style constructors ---------------------------------------------------------------

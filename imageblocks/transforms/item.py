@@ -15,6 +15,7 @@ from enum import Enum
 import numpy as np
 from PIL import Image
 
+from imageblocks.transforms.pairs import FlipPairs, check_flip_pairs, pair_permutation
 from imageblocks.utils import parse_size
 
 Box = tuple[float, float, float, float]
@@ -202,12 +203,20 @@ class RandomResizedCrop(ItemTransform):
 
 
 class FlipItem(ItemTransform):
-    """Horizontal flip with probability `p` on the training set."""
+    """Horizontal flip with probability `p` on the training set; the `flip_pairs` of points
+    (set by the DataBlock from its `PointBlock`) swap identities, as a mirror does."""
 
     order = 2
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, flip_pairs: FlipPairs | None = None):
         self.p = p
+        self.flip_pairs = check_flip_pairs(flip_pairs)
+
+    def config(self) -> dict:
+        """As `ItemTransform.config`, less the flip pairs: config.json records the target's."""
+        out = super().config()
+        out.pop("flip_pairs", None)
+        return out
 
     def __call__(self, img, points, train):
         if not train or random.random() >= self.p:
@@ -215,6 +224,8 @@ class FlipItem(ItemTransform):
         if points is not None:
             points = points.copy()
             points[:, 0] = -points[:, 0]
+            if self.flip_pairs:
+                points = points[pair_permutation(self.flip_pairs, len(points))]
         return img.transpose(Image.FLIP_LEFT_RIGHT), points
 
 
