@@ -38,7 +38,14 @@ from imageblocks.data.splitters import (
 from imageblocks.errors import CollateError, ImageblocksError, ItemError
 from imageblocks.image import PILImage, open_image
 from imageblocks.learn.callbacks import Callback, Recorder
+from imageblocks.learn.cam import CAM
 from imageblocks.learn.checkpoint import CheckpointError, load_checkpoint
+from imageblocks.learn.interpret import (
+    ClassificationInterpretation,
+    Interpretation,
+    MultiLabelInterpretation,
+    PointsInterpretation,
+)
 from imageblocks.learn.learner import Learner, cnn_learner, vision_learner
 from imageblocks.learn.loading import load_learner
 from imageblocks.learn.lr_find import SuggestedLRs, minimum, slide, steep, valley

@@ -36,6 +36,7 @@ from imageblocks.learn.precision import autocast, autocast_dtype, check_precisio
 from imageblocks.learn.predict import decode_preds, get_preds, predict, predict_batch, raw_preds
 from imageblocks.learn.schedule import FitPhase, fine_tune_plan
 from imageblocks.learn.thresholds import tune_thresholds
+from imageblocks.learn.tta import tta
 from imageblocks.lists import L
 from imageblocks.models.backbones import create_vision_model
 from imageblocks.models.freezing import freeze_to, param_groups
@@ -317,6 +318,20 @@ class Learner:
     ) -> tuple:
         """(predictions after the loss's activation, targets), in the loader's order."""
         return get_preds(self, self._dl(ds_idx, dl), with_input, with_decoded, act)
+
+    def tta(
+        self,
+        ds_idx: int = 1,
+        dl: DataLoader | None = None,
+        n: int = 4,
+        item_tfms: Any = None,
+        batch_tfms: Any = None,
+        beta: float | None = 0.25,
+        use_max: bool = False,
+    ) -> tuple:
+        """(predictions, targets) averaged over `n` augmented passes, blended with the plain
+        ones by `beta`; key points mapped back before averaging (see `learn/tta.py`)."""
+        return tta(self, self._dl(ds_idx, dl), n, item_tfms, batch_tfms, beta, use_max)
 
     def decode_preds(self, preds: torch.Tensor) -> torch.Tensor:
         """Activated predictions to decisions (multi-label: per-class thresholds when tuned)."""
