@@ -169,3 +169,18 @@ def test_a_figure_shows_itself_once_in_a_notebook(monkeypatch):
     fig._ipython_display_()  # the cell's value, or the inline backend's show: the first one
     assert len(shown) == 1 and shown[0].data[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)  # so the inline backend has nothing left to show
+
+
+def test_terminal_starts_a_new_bar_after_an_epoch_cut_short():
+    out, learn = TtyStream(), FakeLearner(n_iter=4)
+    table = ProgressTable(file=out, mode="terminal")
+    table.before_fit(learn)
+    learn.epoch, learn.iter = 0, 0
+    table.after_batch(learn)  # epoch 0 stops here (a callback's CancelEpochException)
+    learn.epoch, learn.iter = 1, 0
+    table.after_batch(learn)
+    table.after_fit(learn)
+    last_bar = [line for line in screen(out.getvalue()) if "━" in line]
+    assert not last_bar  # erased at the end of the fit
+    assert out.getvalue().rsplit("epoch 0", 1)[-1].count("epoch 1") >= 1
+    assert "epoch 0" not in out.getvalue().rsplit("epoch 1", 1)[-1]

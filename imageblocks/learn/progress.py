@@ -127,8 +127,10 @@ class _TerminalView(_LogView):
         self.progress: Any = None
 
     def bar(self, epoch: int, i: int, n: int, loss: float) -> None:
+        if self.progress is not None and self.epoch != epoch:  # an epoch a callback cut short
+            self._stop()
         if self.progress is None:
-            self.progress = _rich_progress(self.out)
+            self.epoch, self.progress = epoch, _rich_progress(self.out)
             self.progress.start()
             self.task = self.progress.add_task(f"epoch {epoch}", total=n, loss=loss)
         self.progress.update(self.task, completed=i, loss=loss)
