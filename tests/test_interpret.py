@@ -217,6 +217,8 @@ def test_the_wrong_interpretation_for_the_task_is_refused(multilabel, single):
         MultiLabelInterpretation.from_learner(single[0])
     with pytest.raises(ValueError, match="MultiLabelInterpretation"):
         ClassificationInterpretation.from_learner(multilabel[0])
+    with pytest.raises(ValueError, match="needs a points model"):
+        PointsInterpretation.from_learner(multilabel[0])
 
 
 def test_points_errors_are_in_the_original_images_pixels(tmp_path):

@@ -17,6 +17,7 @@ from imageblocks.data.blocks import Task, task_of
 from imageblocks.data.loaders import collate
 from imageblocks.learn.predict import activation, decode_preds
 from imageblocks.models.grad_cam import grad_cam
+from imageblocks.show import subplots
 
 if TYPE_CHECKING:
     from imageblocks.learn.learner import Learner
@@ -57,9 +58,7 @@ class CAM:
     def show(self, ax: Any = None, alpha: float = 0.5, cmap: str = "jet") -> Any:
         """Draw the overlay on `ax` (a new figure if None), titled with the class; the axes."""
         if ax is None:
-            import matplotlib.pyplot as plt
-
-            _, ax = plt.subplots(figsize=(4, 4))
+            _, ax = subplots(figsize=(4, 4))
         ax.imshow(self.overlay(alpha, cmap))
         ax.set_title(f"{self.label} {self.prob:.2f}", fontsize=9)
         ax.set_axis_off()

@@ -36,7 +36,7 @@ from imageblocks.data.loaders import DataLoader, collate
 from imageblocks.learn.pixels import point_distances, source_half_sizes
 from imageblocks.learn.predict import activation, raw_preds
 from imageblocks.learn.thresholds import decision_thresholds
-from imageblocks.show import show_image, show_points
+from imageblocks.show import show_image, show_points, subplots
 from imageblocks.utils import atomic_write
 
 if TYPE_CHECKING:
@@ -79,11 +79,9 @@ def _ap_or_nan(ap_fn: Any, probs: torch.Tensor, targs: torch.Tensor, **kw: Any) 
 
 def _axes_grid(n: int, figsize: tuple | None, scale: float = 3.0) -> tuple[Any, list]:
     """A figure with `n` empty axes in a square-ish grid."""
-    import matplotlib.pyplot as plt
-
     ncols = max(1, math.ceil(math.sqrt(n)))
     nrows = max(1, math.ceil(n / ncols))
-    fig, axs = plt.subplots(
+    fig, axs = subplots(
         nrows, ncols, figsize=figsize or (ncols * scale, nrows * scale + 0.4), squeeze=False
     )
     for ax in axs.flat:
@@ -95,10 +93,14 @@ class Interpretation:
     """A learner's raw outputs, targets and per-item losses on one loader, and its images."""
 
     caption = "loss"  # the title over `plot_top_losses`
+    task: Task | None = None  # the task of the models this interpretation reads (None: any)
+    instead = ""  # the end of the error for another task's model: what to use
 
     def __init__(
         self, learn: Learner, dl: DataLoader, raw: torch.Tensor, targs: torch.Tensor
     ) -> None:
+        if self.task is not None and task_of(learn.dls.target_block) is not self.task:
+            raise ValueError(f"{type(self).__name__} needs a {self.task} model{self.instead}")
         self.learn, self.dl = learn, dl
         self.raw, self.targs = raw.float().cpu(), targs.cpu()
         self.losses = _per_item_loss(learn.loss_func, raw, targs)
@@ -224,13 +226,13 @@ class _ClassInterpretation(Interpretation):
 class MultiLabelInterpretation(_ClassInterpretation):
     """Interpretation of a multi-label model, at the thresholds `predict` decides with."""
 
+    task = Task.MULTILABEL
+    instead = (
+        ": use ClassificationInterpretation for a single label, PointsInterpretation for points"
+    )
+
     def __init__(self, learn: Learner, dl: DataLoader, raw: torch.Tensor, targs: torch.Tensor):
         super().__init__(learn, dl, raw, targs)
-        if task_of(learn.dls.target_block) is not Task.MULTILABEL:
-            raise ValueError(
-                "MultiLabelInterpretation needs a multi-label model: use "
-                "ClassificationInterpretation for a single label, PointsInterpretation for points"
-            )
         found = decision_thresholds(learn)
         self.thresholds = found if found is not None else torch.full((len(self.vocab),), 0.5)
         self.targs = self.targs.float()
@@ -292,13 +294,11 @@ class MultiLabelInterpretation(_ClassInterpretation):
 class ClassificationInterpretation(_ClassInterpretation):
     """Interpretation of a single-label classifier: confusion matrix, most confused, top losses."""
 
+    task = Task.CATEGORY
+    instead = " (single label): use MultiLabelInterpretation for several labels per image"
+
     def __init__(self, learn: Learner, dl: DataLoader, raw: torch.Tensor, targs: torch.Tensor):
         super().__init__(learn, dl, raw, targs)
-        if task_of(learn.dls.target_block) is not Task.CATEGORY:
-            raise ValueError(
-                "ClassificationInterpretation needs a single-label model: use "
-                "MultiLabelInterpretation for several labels per image"
-            )
         self.targs = self.targs.long().reshape(-1)
         self.decoded = self.probs.argmax(-1)
 
@@ -342,13 +342,11 @@ class ClassificationInterpretation(_ClassInterpretation):
         figsize: tuple | None = None,
     ) -> Any:
         """The confusion matrix as a picture (rows actual, columns predicted); the figure."""
-        import matplotlib.pyplot as plt
-
         cm = self.confusion_matrix().astype(float)
         if normalize:
             cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         n = len(self.vocab)
-        fig, ax = plt.subplots(figsize=figsize or (max(4, 0.5 * n + 2),) * 2)
+        fig, ax = subplots(figsize=figsize or (max(4, 0.5 * n + 2),) * 2)
         ax.imshow(cm, cmap=cmap)
         ax.set(title=title, xlabel="Predicted", ylabel="Actual", xticks=range(n), yticks=range(n))
         ax.set_xticklabels(self.vocab, rotation=90)
@@ -382,11 +380,11 @@ class PointsInterpretation(Interpretation):
     """Interpretation of a key-point model: each image's error in pixels of the original image."""
 
     caption = "target (green) / prediction (red): mean error in pixels of the original image"
+    task = Task.POINTS
+    instead = " (a PointBlock target)"
 
     def __init__(self, learn: Learner, dl: DataLoader, raw: torch.Tensor, targs: torch.Tensor):
         super().__init__(learn, dl, raw, targs)
-        if task_of(learn.dls.target_block) is not Task.POINTS:
-            raise ValueError("PointsInterpretation needs a key-point model (a PointBlock target)")
         self.targs = self.targs.float()
         self.preds = self.raw.reshape(self.targs.shape)
         halves = source_half_sizes(dl)
@@ -420,9 +418,7 @@ class PointsInterpretation(Interpretation):
 
     def plot_errors(self, bins: int = 30, figsize: tuple = (6, 4)) -> Any:
         """A histogram of the per-point errors in pixels, mean, median and p90 marked."""
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=figsize)
+        fig, ax = subplots(figsize=figsize)
         ax.hist(self.point_errors.flatten().numpy(), bins=bins, color="C0")
         stats = self.error_stats()
         for key, color in (("mean", "C3"), ("median", "C2"), ("p90", "C1")):
