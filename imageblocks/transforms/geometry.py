@@ -243,7 +243,8 @@ def warp_points(
         move = move @ _corner_scale(*out_hw, mats.device)
     else:
         move = mats  # output -> input is what the matrices are
-    return swap_reflected(_map_points(points, move), torch.linalg.det(mats) < 0, flip_pairs)
+    out = _map_points(points, move)
+    return swap_reflected(out, torch.linalg.det(mats) < 0, flip_pairs) if flip_pairs else out
 
 
 def _point_map(mats: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int], ac: bool) -> Tensor:
