@@ -37,7 +37,15 @@ from imageblocks.data.splitters import (
 )
 from imageblocks.errors import CollateError, ImageblocksError, ItemError
 from imageblocks.image import PILImage, open_image
-from imageblocks.learn.callbacks import Callback, Recorder
+from imageblocks.learn.callbacks import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CancelTrainException,
+    CancelValidException,
+    Recorder,
+)
 from imageblocks.learn.cam import CAM
 from imageblocks.learn.checkpoint import CheckpointError, load_checkpoint
 from imageblocks.learn.interpret import (
@@ -64,6 +72,13 @@ from imageblocks.learn.metrics import (
     rmse,
 )
 from imageblocks.learn.model_config import ExportError
+from imageblocks.learn.tracker import (
+    EarlyStoppingCallback,
+    ReduceLROnPlateau,
+    SaveModelCallback,
+    TrackerCallback,
+)
+from imageblocks.learn.tracking import CSVLogger, MLflowCallback, TensorBoardCallback
 from imageblocks.lists import L, first
 from imageblocks.losses import (
     BCEWithLogitsLossFlat,

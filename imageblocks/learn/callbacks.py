@@ -1,8 +1,10 @@
-"""What happens around training: the recorder, and the base class for callbacks
-(checkpointing, early stopping) that hook into `Learner.fit`."""
+"""What happens around training: the base class for callbacks, the exceptions a callback raises
+to stop a batch, an epoch's training or validation, an epoch or the whole fit (fastai's names),
+and the recorder."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -11,17 +13,66 @@ from imageblocks.learn.lr_find import LossSmoother
 from imageblocks.show import subplots
 
 
+class CancelBatchException(Exception):
+    """Raised from `before_batch`: skip this batch's step (`after_batch` still runs)."""
+
+
+class CancelTrainException(Exception):
+    """Skip the rest of this epoch's training; validation and `after_epoch` still run."""
+
+
+class CancelValidException(Exception):
+    """Raised from `before_validate`: no validation this epoch (its columns are None)."""
+
+
+class CancelEpochException(Exception):
+    """Skip the rest of this epoch (training and validation); `after_epoch` still runs."""
+
+
+class CancelFitException(Exception):
+    """End this fit: the epoch in progress is not recorded, `after_fit` still runs and the
+    checkpoint marks the fit as done (in `fine_tune`, the next phase starts, as in fastai)."""
+
+
 class Callback:
-    """Hooks called by the training loop; override the ones you need."""
+    """Hooks called by the training loop; override the ones you need (`learn` is the Learner).
+
+    In order: before_fit, then each epoch before_epoch, before_train, before_batch/after_batch
+    for each batch, after_train, before_validate, after_validate, after_epoch; after_fit last.
+    Raising a `Cancel*Exception` calls the matching `after_cancel_*` hook."""
 
     order = 0
 
     def before_fit(self, learn: Any) -> None: ...
     def before_epoch(self, learn: Any) -> None: ...
+    def before_train(self, learn: Any) -> None: ...
+    def before_batch(self, learn: Any) -> None: ...
     def after_batch(self, learn: Any) -> None: ...
     def after_train(self, learn: Any) -> None: ...
+    def before_validate(self, learn: Any) -> None: ...
+    def after_validate(self, learn: Any) -> None: ...
     def after_epoch(self, learn: Any) -> None: ...
     def after_fit(self, learn: Any) -> None: ...
+    def after_cancel_batch(self, learn: Any) -> None: ...
+    def after_cancel_train(self, learn: Any) -> None: ...
+    def after_cancel_validate(self, learn: Any) -> None: ...
+    def after_cancel_epoch(self, learn: Any) -> None: ...
+    def after_cancel_fit(self, learn: Any) -> None: ...
+
+
+def as_callbacks(cbs: Callback | type | Iterable[Callback | type] | None) -> list[Callback]:
+    """`cbs=` as fastai takes it: one callback, a list, or classes (instantiated); a list."""
+    if cbs is None:
+        return []
+    items = [cbs] if isinstance(cbs, (Callback, type)) else list(cbs)
+    out = [cb() if isinstance(cb, type) else cb for cb in items]
+    for cb in out:
+        if not isinstance(cb, Callback):
+            raise TypeError(
+                f"cbs= takes Callback objects (or classes), not {type(cb).__name__} {cb!r}: "
+                "subclass imageblocks.learn.callbacks.Callback"
+            )
+    return out
 
 
 class Recorder(Callback):

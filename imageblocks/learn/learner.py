@@ -22,7 +22,7 @@ from torch import nn
 from imageblocks import runtime
 from imageblocks.data.loaders import DataLoader, DataLoaders
 from imageblocks.learn import distributed
-from imageblocks.learn.callbacks import Callback, Recorder
+from imageblocks.learn.callbacks import Callback, Recorder, as_callbacks
 from imageblocks.learn.cam import CAM, learner_cam
 from imageblocks.learn.export import export_learner
 from imageblocks.learn.inference import OnnxRunner
@@ -57,7 +57,7 @@ class Learner:
         opt_func: Callable = torch.optim.AdamW,
         lr: float = 1e-3,
         splitter: Callable = param_groups,
-        cbs: Sequence[Callback] | None = None,
+        cbs: Callback | Sequence[Callback] | None = None,
         metrics: Any = None,
         path: Any = ".",
         wd: float = 1e-2,
@@ -71,7 +71,7 @@ class Learner:
         self.opt_func, self.lr, self.wd, self.moms, self.train_bn = opt_func, lr, wd, moms, train_bn
         self.splitter = splitter
         self.metrics = metrics
-        self.cbs = list(cbs or [])
+        self.cbs = as_callbacks(cbs)  # one callback, a list, or classes, as fastai takes them
         self.recorder = Recorder()
         self.precision = check_precision(precision)
         self.channels_last = channels_last
@@ -84,8 +84,10 @@ class Learner:
         distributed.setup()  # under torchrun: join the process group
         for dl in self.dls.loaders:  # each loader's share of every epoch (and so its length)
             distributed.shard_loader(dl)
-        self.epoch = self.iter = self.n_iter = 0
-        self.epoch_time = 0.0
+        self.epoch = self.iter = self.n_iter = self.train_iter = self.phase = 0
+        self.epoch_time, self.loss = 0.0, float("nan")
+        self.plan: TrainingPlan | None = None  # the training call running (set by the loop)
+        self.lr_sched: torch.Tensor | None = None  # its phase's per-step rates, callbacks may lower
         self.model.to(self.dls.device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -219,7 +221,7 @@ class Learner:
         n_epoch: int,
         lr: float | slice | None = None,
         wd: float | None = None,
-        cbs: Sequence[Callback] = (),
+        cbs: Callback | Sequence[Callback] = (),
         checkpoint: Any = None,
         resume: Any = None,
     ) -> None:
@@ -239,7 +241,7 @@ class Learner:
         pct_start: float = 0.25,
         wd: float | None = None,
         moms: Moms | None = None,
-        cbs: Sequence[Callback] = (),
+        cbs: Callback | Sequence[Callback] = (),
         checkpoint: Any = None,
         resume: Any = None,
     ) -> None:
@@ -260,7 +262,7 @@ class Learner:
         div: float = 5.0,
         wd: float | None = None,
         moms: Moms | None = None,
-        cbs: Sequence[Callback] = (),
+        cbs: Callback | Sequence[Callback] = (),
         checkpoint: Any = None,
         resume: Any = None,
     ) -> None:

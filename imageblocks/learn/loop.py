@@ -4,7 +4,15 @@ checkpoints.
 `run_plan` follows a `TrainingPlan` (freezing, schedule, weight decay), writing a checkpoint
 after every epoch when asked and continuing a killed run from one; `run_epochs` is the loop
 itself: per-step learning rates and momentums into the optimiser, one `Learner.train_step` per
-batch, validation and the callbacks' hooks after each epoch.
+batch, validation and the callbacks' hooks (see `Callback`) around each.
+
+A callback steers the loop by raising one of fastai's `Cancel*Exception`s: the batch, the
+epoch's training or validation, the epoch or the fit ends there and the matching
+`after_cancel_*` hook runs. Every epoch that started gets a recorder row and an `after_epoch`
+(a skipped validation leaves its columns None); a `CancelFitException` from `after_epoch`
+takes effect once every callback has seen that epoch, and one from anywhere else drops the
+epoch in progress. `after_fit` always runs; then the checkpoint marks the fit as done, with
+the weights `after_fit` left (e.g. the best epoch's, restored by `SaveModelCallback`).
 """
 
 from __future__ import annotations
@@ -12,13 +20,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from imageblocks.learn import distributed
-from imageblocks.learn.callbacks import Callback
+from imageblocks.learn import callbacks, distributed
+from imageblocks.learn.callbacks import Callback, as_callbacks
 from imageblocks.learn.checkpoint import Checkpointer, check_plan, load_checkpoint, restore
 from imageblocks.learn.optimizer import set_group_hypers, weight_decay
 from imageblocks.learn.plan import TrainingPlan
@@ -28,9 +37,7 @@ if TYPE_CHECKING:
     from imageblocks.learn.learner import Learner
 
 
-def run_plan(
-    learn: Learner, plan: TrainingPlan, cbs: Sequence[Callback], checkpoint: Any, resume: Any
-) -> None:
+def run_plan(learn: Learner, plan: TrainingPlan, cbs: Any, checkpoint: Any, resume: Any) -> None:
     """Run the plan's phases, checkpointing after every epoch when `checkpoint` is a path, or
     continuing a killed run from the checkpoint `resume`; the plan's weight decay holds for
     this call only (the optimiser, its state and `learn.wd` stay)."""
@@ -40,8 +47,10 @@ def run_plan(
         check_plan(state, plan, resume)
         checkpoint = checkpoint if checkpoint is not None else resume
     checkpointer = Checkpointer(Path(checkpoint), plan) if checkpoint else None
+    cbs = as_callbacks(cbs)
     if learn.opt is None:
         learn.create_opt()
+    learn.plan = plan
     with weight_decay(learn.opt, plan.wd):
         for k, phase in enumerate(plan.phases):
             if state is not None and k < state["phase"]:
@@ -56,6 +65,7 @@ def run_plan(
                     continue
             if checkpointer is not None:
                 checkpointer.phase = k
+            learn.phase = k
             lrs, moms = phase.schedule(len(learn.layer_groups()), len(learn.dls.train))
             run_epochs(learn, phase.epochs, lrs, moms, cbs, start, recorder_state, checkpointer)
 
@@ -72,7 +82,9 @@ def run_epochs(
 ) -> None:
     """The loop: per-step hyper-parameters from `lrs` (steps, groups) and `moms` (steps,).
 
-    `start_epoch`/`recorder_state` continue a run restored from a checkpoint."""
+    `start_epoch`/`recorder_state` continue a run restored from a checkpoint: the recorder holds
+    the epochs before it when the other callbacks' `before_fit` runs. `learn.lr_sched` is `lrs`:
+    a callback may change the rates of the steps to come (`ReduceLROnPlateau` does)."""
     if learn.opt is None:
         learn.create_opt()
     train = distributed.shard_loader(learn.dls.train)
@@ -81,44 +93,103 @@ def run_epochs(
     use_scaler = learn.autocast_dtype == torch.float16 and learn.dls.device.type == "cuda"
     learn.grad_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     table = [ProgressTable()] if distributed.is_main() else []
-    callbacks = sorted([learn.recorder, *learn.cbs, *cbs, *table], key=lambda c: c.order)
-    learn.n_iter = len(train)
-    for cb in callbacks:
-        cb.before_fit(learn)
-    if recorder_state is not None:
-        learn.recorder.load_state_dict(recorder_state)
+    others = sorted([*learn.cbs, *as_callbacks(cbs), *table], key=lambda c: c.order)
+    fit = _Fit(learn, train, moms, [learn.recorder, *others])
+    learn.n_iter, learn.lr_sched, learn.epoch, learn.iter = len(train), lrs, start_epoch, 0
     try:
+        learn.recorder.before_fit(learn)
+        if recorder_state is not None:
+            learn.recorder.load_state_dict(recorder_state)
+        for cb in others:
+            cb.before_fit(learn)
         for epoch in range(start_epoch, n_epoch):
             learn.epoch = epoch
-            t0 = time.perf_counter()
-            for cb in callbacks:
-                cb.before_epoch(learn)
-            learn.model.train()
-            for i, b in enumerate(train):
-                learn.iter = i
-                step = min(learn.epoch * learn.n_iter + learn.iter, len(lrs) - 1)
-                mom = None if moms is None else float(moms[step])
-                set_group_hypers(learn.opt, lrs[step], mom)
-                loss = learn.train_step(b)
-                learn.recorder.add_batch(loss, float(lrs[step][-1]), mom)
-                for cb in callbacks:
-                    cb.after_batch(learn)
-            for cb in callbacks:
-                cb.after_train(learn)
-            valid = learn.validate() if len(learn.dls.valid.dataset) else [None]
-            learn.epoch_time = time.perf_counter() - t0
-            learn.recorder.add_epoch([learn.recorder.smooth_loss, *valid])
-            for cb in callbacks:
-                cb.after_epoch(learn)
-            if checkpointer is not None and distributed.is_main():
+            fit.epoch()
+            if checkpointer is not None and distributed.is_main() and epoch + 1 < n_epoch:
                 checkpointer.save(learn, epoch + 1, n_epoch)
+    except callbacks.CancelFitException:
+        fit("after_cancel_fit")
     except KeyboardInterrupt:
         print(_interrupted_message(learn, checkpointer), file=sys.stderr, flush=True)
         raise
     finally:
         learn.grad_scaler = None
-        for cb in callbacks:
-            cb.after_fit(learn)
+        fit("after_fit")
+    if checkpointer is not None and distributed.is_main():  # the fit is done (or cancelled)
+        checkpointer.save(learn, n_epoch, n_epoch)
+
+
+@dataclass
+class _Fit:
+    """One fit's epochs: the learner, its training batches, momentums and callbacks in order
+    (the learning rates are `learn.lr_sched`)."""
+
+    learn: Learner
+    train: Any
+    moms: torch.Tensor | None
+    cbs: list[Callback]
+
+    def __call__(self, event: str) -> None:
+        """Call the hook `event` of every callback, in order."""
+        for cb in self.cbs:
+            getattr(cb, event)(self.learn)
+
+    def epoch(self) -> None:
+        """One epoch: training, validation, its recorder row and `after_epoch`."""
+        learn, t0, valid = self.learn, time.perf_counter(), None
+        try:
+            self("before_epoch")
+            self.train_epoch()
+            valid = self.validate()
+        except callbacks.CancelEpochException:
+            self("after_cancel_epoch")
+        learn.epoch_time = time.perf_counter() - t0
+        if valid is None:  # no validation set, or validation cancelled
+            valid = [None] * (1 + len(learn.metrics))
+        learn.recorder.add_epoch([learn.recorder.smooth_loss, *valid])
+        stop = None
+        for cb in self.cbs:  # all see the epoch before a CancelFitException ends the fit
+            try:
+                cb.after_epoch(learn)
+            except callbacks.CancelFitException as e:
+                stop = e
+        if stop is not None:
+            raise stop
+
+    def train_epoch(self) -> None:
+        """The epoch's training steps, between `before_train` and `after_train`."""
+        learn, lrs = self.learn, self.learn.lr_sched
+        learn.model.train()
+        try:
+            self("before_train")
+            for i, b in enumerate(self.train):
+                learn.iter, learn.train_iter = i, learn.epoch * learn.n_iter + i
+                step = min(learn.train_iter, len(lrs) - 1)
+                mom = None if self.moms is None else float(self.moms[step])
+                set_group_hypers(learn.opt, lrs[step], mom)
+                try:
+                    self("before_batch")
+                    learn.loss = learn.train_step(b)
+                    learn.recorder.add_batch(learn.loss, float(lrs[step][-1]), mom)
+                except callbacks.CancelBatchException:
+                    self("after_cancel_batch")
+                self("after_batch")
+        except callbacks.CancelTrainException:
+            self("after_cancel_train")
+        self("after_train")
+
+    def validate(self) -> list[float] | None:
+        """`[valid_loss, *metrics]`, between `before_validate` and `after_validate`; None when
+        there is no validation set or a callback cancelled it."""
+        valid = None
+        try:
+            self("before_validate")
+            if len(self.learn.dls.valid.dataset):
+                valid = list(self.learn.validate())
+        except callbacks.CancelValidException:
+            self("after_cancel_validate")
+        self("after_validate")
+        return valid
 
 
 def _interrupted_message(learn: Learner, checkpointer: Checkpointer | None) -> str:
