@@ -136,6 +136,10 @@ OutOpt = typer.Option(..., "--out", help="Folder for the exported model, metrics
 ResumeOpt = typer.Option(
     False, "--resume", help="Continue a killed run from OUT/checkpoint.pt (same arguments)."
 )
+EarlyStopOpt = typer.Option(
+    None, "--early-stop", metavar="PATIENCE", help="Stop once valid_loss stalls PATIENCE epochs."
+)
+SaveBestOpt = typer.Option(False, "--save-best", help="Export the epoch with the best valid_loss.")
 PresetOpt = typer.Option(
     None, help="'biwi': a biwi_head_pose-style folder in --images (the book's get_ctr), no CSV."
 )
@@ -169,6 +173,8 @@ def train_multilabel(
     device: str | None = DeviceOpt,
     seed: int = SeedOpt,
     resume: bool = ResumeOpt,
+    early_stop: int | None = EarlyStopOpt,
+    save_best: bool = SaveBestOpt,
 ) -> None:
     """Multi-label classification (PASCAL-style CSV): fine_tune, tune thresholds, export."""
     with _user_errors():
@@ -178,7 +184,8 @@ def train_multilabel(
                  split_col=split_col, valid_pct=valid_pct, size=str(size), bs=bs, seed=seed,
                  num_workers=workers, device=device),
             epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, tune=tune_thresholds,
-            resume=resume, arch=arch, pretrained=pretrained,
+            resume=resume, arch=arch, pretrained=pretrained, early_stop=early_stop,
+            save_best=save_best,
         )  # fmt: skip
 
 
@@ -207,6 +214,8 @@ def train_points(
     device: str | None = DeviceOpt,
     seed: int = SeedOpt,
     resume: bool = ResumeOpt,
+    early_stop: int | None = EarlyStopOpt,
+    save_best: bool = SaveBestOpt,
 ) -> None:
     """Key points (image regression): from a CSV of pixel coordinates, or --preset biwi."""
     with _user_errors():
@@ -216,7 +225,7 @@ def train_points(
                  point_cols=_columns(point_cols), split_col=split_col, valid_pct=valid_pct,
                  size=size, bs=bs, seed=seed, num_workers=workers, device=device),
             epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, resume=resume, arch=arch,
-            pretrained=pretrained,
+            pretrained=pretrained, early_stop=early_stop, save_best=save_best,
         )  # fmt: skip
 
 

@@ -1,17 +1,22 @@
 """Callbacks that steer training: the Cancel*Exceptions, early stopping, the best epoch kept,
-the learning rate lowered on a plateau.
+the learning rate lowered on a plateau, and the CLI's --early-stop and --save-best.
 
 Most tests drive the real loop with a tiny model and a scripted validation (`_scripted`), so
 the valid_loss of every epoch is known in advance."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from typer.testing import CliRunner
 
+from imageblocks.cli import app
 from imageblocks.learn import callbacks
 from imageblocks.learn.callbacks import Callback
 from imageblocks.learn.checkpoint import load_checkpoint
@@ -265,3 +270,40 @@ def test_reduce_lr_on_plateau_scales_the_rest_of_the_one_cycle(voc):
     before, after = np.array(plain.recorder.lrs), np.array(reduced.recorder.lrs)
     assert np.allclose(after[:12], before[:12])  # epochs 0-2: no plateau yet
     assert np.allclose(after[12:], before[12:] / 4)  # the rest of the cycle, 4 times lower
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def _train(voc, out, *extra: str):
+    args = [
+        "train", "multilabel", "--csv", voc / "train.csv", "--images", voc / "train",
+        "--out", out, "--size", "32", "--arch", "resnet18", "--no-pretrained", "--bs", "4",
+        "--workers", "0", "--freeze-epochs", "1", "--no-tune-thresholds", *extra,
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "metrics.json").read_text()), pd.read_csv(out / "history.csv")
+
+
+def test_cli_early_stop_ends_the_run_where_patience_runs_out(voc, tmp_path):
+    metrics, history = _train(voc, tmp_path / "run", "--epochs", "8", "--lr", "0.05",
+                              "--early-stop", "1")  # fmt: skip
+    unfrozen = history[history.epoch >= 1].valid_loss.tolist()  # the frozen epoch is 0
+    stop = next(i for i in range(1, len(unfrozen)) if unfrozen[i] >= min(unfrozen[:i]))
+    assert len(unfrozen) == stop + 1 < 8  # it stopped at the first epoch without improvement
+    assert metrics["early_stop"] == {"patience": 1, "stopped_at_epoch": stop}
+
+
+def test_cli_save_best_exports_the_best_epoch(voc, tmp_path):
+    out = tmp_path / "run"
+    metrics, history = _train(voc, out, "--epochs", "4", "--lr", "0.05", "--save-best")
+    unfrozen = history[history.epoch >= 1].valid_loss.tolist()
+    best = int(np.argmin(unfrozen))
+    assert metrics["best_epoch"]["epoch"] == best
+    # the model evaluated and exported after the fit is the best epoch's, not the last one's
+    assert metrics["valid_loss"] == pytest.approx(unfrozen[best], rel=1e-4)
+    assert best != len(unfrozen) - 1, "the test needs a run whose last epoch is not the best"
+    assert not (out / "models").exists()  # the best weights are the export now

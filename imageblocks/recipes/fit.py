@@ -1,7 +1,8 @@
 """Fit and export: the training run behind `imageblocks train` and the demo.
 
-lr_find (when no learning rate is given), fine_tune with a checkpoint every epoch, threshold
-tuning for multi-label models, export, `metrics.json` and the plots, in one folder.
+lr_find (when no learning rate is given), fine_tune with a checkpoint every epoch (and, when
+asked, early stopping and the best epoch's weights kept), threshold tuning for multi-label
+models, export, `metrics.json`, `history.csv` and the plots, in one folder.
 """
 
 from __future__ import annotations
@@ -19,17 +20,22 @@ import matplotlib.pyplot as plt
 from imageblocks.data.blocks import Task, task_of
 from imageblocks.data.loaders import DataLoaders
 from imageblocks.learn import distributed
+from imageblocks.learn.callbacks import Callback
 from imageblocks.learn.learner import Learner, vision_learner
 from imageblocks.learn.metrics import APScoreMulti, F1ScoreMulti, accuracy_multi
 from imageblocks.learn.thresholds import class_thresholds, tune_thresholds
+from imageblocks.learn.tracker import EarlyStoppingCallback, SaveModelCallback
+from imageblocks.learn.tracking import CSVLogger
 from imageblocks.recipes.history import LossHistory
 from imageblocks.recipes.reports import multilabel_metrics, points_metrics, raw_preds
 from imageblocks.utils import atomic_write
 
-__all__ = ["CHECKPOINT", "fit_and_export", "make_learner", "save_figure"]
+__all__ = ["CHECKPOINT", "HISTORY", "fit_and_export", "make_learner", "save_figure"]
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILE = ".run.json"
+HISTORY = "history.csv"  # one row per epoch of the run (CSVLogger)
+BEST = "best"  # --save-best keeps the best epoch in models/best.safetensors until the export
 
 
 def save_figure(fig: Any, path: Path) -> Path:
@@ -96,14 +102,21 @@ def fit_and_export(
     tune: bool = True,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    early_stop: int | None = None,
+    save_best: bool = False,
 ) -> dict[str, Any]:
     """lr_find (when `lr` is None), fine_tune, threshold tuning, export, metrics.json, plots.
 
     Every epoch is checkpointed to `out/checkpoint.pt` (removed once the model is exported);
-    `resume` continues a killed run from it, with the learning rate that run used. `log`
-    receives the progress lines. Returns what metrics.json holds."""
+    `resume` continues a killed run from it, with the learning rate that run used. `early_stop`
+    (a patience) ends each fit once valid_loss has not improved for that many epochs;
+    `save_best` exports the weights of the epoch with the lowest valid_loss (of the last fit,
+    as fastai's SaveModelCallback does). `log` receives the progress lines. Returns what
+    metrics.json holds."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    steering = steering_callbacks(early_stop, save_best)
+    learn.path = out  # SaveModelCallback's models/ and CSVLogger's history.csv go there
     task = task_of(learn.dls.target_block)
     checkpoint, run_file = out / CHECKPOINT, out / RUN_FILE
     if resume:
@@ -124,6 +137,7 @@ def fit_and_export(
             freeze_epochs=freeze_epochs,
             checkpoint=checkpoint,
             resume=checkpoint if resume else None,
+            cbs=[*steering, CSVLogger(HISTORY)],
         )
     except KeyboardInterrupt:
         if checkpoint.is_file():
@@ -155,10 +169,38 @@ def fit_and_export(
             "epochs": epochs,
             "freeze_epochs": freeze_epochs,
             "train_time_s": round(train_s, 1),
+            **steering_report(steering),
         }
     )
     if distributed.is_main():
         atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
         checkpoint.unlink(missing_ok=True)
         run_file.unlink(missing_ok=True)
+        (out / "models" / f"{BEST}.safetensors").unlink(missing_ok=True)  # the export holds it
+        if (out / "models").is_dir() and not any((out / "models").iterdir()):
+            (out / "models").rmdir()
     return metrics
+
+
+def steering_callbacks(early_stop: int | None = None, save_best: bool = False) -> list[Callback]:
+    """`--early-stop PATIENCE` and `--save-best` as callbacks, both watching valid_loss."""
+    if early_stop is not None and early_stop < 1:
+        raise ValueError(f"--early-stop takes a patience of 1 epoch or more, not {early_stop}")
+    cbs: list[Callback] = []
+    if early_stop is not None:
+        cbs.append(EarlyStoppingCallback(monitor="valid_loss", patience=early_stop))
+    if save_best:
+        cbs.append(SaveModelCallback(monitor="valid_loss", fname=BEST))
+    return cbs
+
+
+def steering_report(cbs: list[Callback]) -> dict[str, Any]:
+    """What metrics.json says of them: the epoch early stopping ended the last fit at (None:
+    it ran to the end), the best epoch kept and its valid_loss (epochs of the last fit)."""
+    report: dict[str, Any] = {}
+    for cb in cbs:
+        if isinstance(cb, EarlyStoppingCallback):
+            report["early_stop"] = {"patience": cb.patience, "stopped_at_epoch": cb.stopped_epoch}
+        elif isinstance(cb, SaveModelCallback):
+            report["best_epoch"] = {"monitor": cb.monitor, "epoch": cb.best_epoch, "value": cb.best}
+    return report

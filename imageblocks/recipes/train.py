@@ -123,12 +123,18 @@ def train(
     arch: str = DEFAULT_ARCH,
     pretrained: bool = True,
     log: Callable[[str], None] = print,
+    early_stop: int | None = None,
+    save_best: bool = False,
 ) -> dict[str, Any]:
     """Load `source` for `task`, fine_tune a fresh vision learner and export it with its metrics
-    and plots to `out` (see `fit_and_export`); what metrics.json holds."""
+    and plots to `out` (see `fit_and_export`: `early_stop` patience, `save_best`); what
+    metrics.json holds."""
     learn = source.learner(task, arch, pretrained)
     log(f"data: {describe_data(learn.dls)}")
-    return fit_and_export(learn, out, epochs, freeze_epochs, lr, tune=tune, resume=resume, log=log)
+    return fit_and_export(
+        learn, out, epochs, freeze_epochs, lr, tune=tune, resume=resume, log=log,
+        early_stop=early_stop, save_best=save_best,
+    )  # fmt: skip
 
 
 def find_lr(
