@@ -124,6 +124,7 @@ class _PatienceCallback(TrackerCallback):
 class EarlyStoppingCallback(_PatienceCallback):
     """Ends the fit when `monitor` has not improved for `patience` epochs."""
 
+    order = 65  # after the other trackers: their epoch is seen (and said) before the stop
     stopped_epoch: int | None = None  # the epoch the last fit stopped after (None: ran to the end)
 
     def before_fit(self, learn: Any) -> None:
