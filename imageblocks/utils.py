@@ -1,4 +1,5 @@
-"""Small helpers every layer shares: atomic file writes, size parsing, callables' names.
+"""Small helpers every layer shares: atomic file writes, size and duration parsing, callables'
+names.
 
 This module imports nothing from the rest of imageblocks but its errors, so any module may use it.
 """
@@ -10,6 +11,7 @@ import functools
 import numbers
 import operator
 import os
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +19,14 @@ from typing import IO, Any
 
 from imageblocks.errors import ArgumentError
 
-__all__ = ["atomic_write", "callable_name", "fsync_dir", "parse_size", "unwrap_partial"]
+__all__ = [
+    "atomic_write",
+    "callable_name",
+    "fsync_dir",
+    "parse_duration",
+    "parse_size",
+    "unwrap_partial",
+]
 
 
 def atomic_write(
@@ -96,6 +105,33 @@ def parse_size(
         )
     h, w = sides
     return h, w  # type: ignore[return-value]
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)")
+
+
+def parse_duration(value: float | str, name: str = "budget") -> float:
+    """Seconds from a number of seconds or a text like `"90"`, `"90s"`, `"10m"`, `"1.5h"` or
+    `"1h30m"`; anything else, or no time at all, is an `ArgumentError` naming `name`."""
+    seconds: float | None = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        parts = _DURATION.findall(text)
+        if (
+            parts
+            and "".join(n + u for n, u in parts) == text
+            and (len(parts) == 1 or all(u for _, u in parts))
+        ):
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds is None or not seconds > 0 or seconds == float("inf"):
+        raise ArgumentError(
+            f"{name} must be a positive duration in seconds or with a unit (e.g. 90, 90s, 10m, "
+            f"1h, 1h30m), not {value!r}"
+        )
+    return seconds
 
 
 def unwrap_partial(f: Any) -> Any:

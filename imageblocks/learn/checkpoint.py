@@ -2,10 +2,10 @@
 run continues from its last completed epoch.
 
 A checkpoint holds the model and optimiser states, where the run is in its schedule (phase and
-epoch), the recorder and the random generators' states. It is written with `torch.save` to a
-temporary file that is then renamed over the old one (a crash never leaves a half-written
-checkpoint) and read back with `weights_only=True`: only tensors, numbers and strings, no code
-runs on load. Exports (`learn.export`) are the format for sharing a model; checkpoints are for
+epoch), the recorder and the random generators' states, and in a budgeted run the seconds of the
+budget used (`budget_used`). It is written with `torch.save` to a temporary file that is then
+renamed over the old one (a crash never leaves a half-written checkpoint) and read back with
+`weights_only=True`: only tensors, numbers and strings, no code runs on load. Exports (`learn.export`) are the format for sharing a model; checkpoints are for
 resuming your own run.
 """
 
@@ -53,6 +53,9 @@ class Checkpointer:
             "recorder": learn.recorder.state_dict(),
             "rng": rng_state(),
         }
+        budget = getattr(learn.lr_sched, "budget", None)  # a schedule following a budget's clock
+        if budget is not None:
+            state["budget_used"] = float(budget.used())  # a resumed run keeps what is left
         return atomic_save(state, self.path)
 
 

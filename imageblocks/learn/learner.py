@@ -4,7 +4,8 @@
 parts around it have modules of their own: the optimiser (`optimizer.py`), freezing
 (`models/freezing.py`), precision (`precision.py`), the schedules and the plan of a training
 call (`schedule.py`, `plan.py`), checkpoints (`checkpoint.py`), the LR range test
-(`lr_find.py`), prediction (`predict.py`) and export (`export.py`, `onnx_export.py`).
+(`lr_find.py`), budgeted runs (`budget.py`), prediction (`predict.py`) and export
+(`export.py`, `onnx_export.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from imageblocks import runtime
 from imageblocks.data.loaders import DataLoader, DataLoaders
 from imageblocks.learn import distributed
+from imageblocks.learn.budget import fine_tune_budget
 from imageblocks.learn.callbacks import Callback, Recorder, as_callbacks
 from imageblocks.learn.cam import CAM, learner_cam
 from imageblocks.learn.export import export_learner
@@ -274,6 +276,11 @@ class Learner:
             for phase in fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult, pct_start, div)
         ]
         run_plan(self, self._plan("fine_tune", phases, wd), cbs, checkpoint, resume)
+
+    def fine_tune_budget(self, budget: float | str, **kwargs: Any) -> dict[str, Any]:
+        """The best model `budget` (seconds, "90s", "10m", "1h") buys on this machine: measure,
+        plan sizes and phases, train on a schedule that ends on time (see `learn/budget.py`)."""
+        return fine_tune_budget(self, budget, **kwargs)
 
     def lr_find(
         self,

@@ -1,7 +1,8 @@
 """A training call as data: its phases, batches per epoch and weight decay, compared on resume.
 
 `fit`, `fit_one_cycle` and `fine_tune` each build a `TrainingPlan` with every default resolved
-(the learner's lr, momentums and weight decay at the time of the call). A checkpoint stores the
+(the learner's lr, momentums and weight decay at the time of the call); `fine_tune_budget` one
+of `TimedPhase`s, as measured and planned (a resume reuses it). A checkpoint stores the
 plan as a plain dict (`to_dict`: numbers, strings, lists, no code), and a resume refuses a
 checkpoint whose plan differs, naming each field that does (`differences`).
 """
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from imageblocks.learn.schedule import FitPhase
+from imageblocks.learn.timed import TimedPhase
 
 Plain = None | bool | int | float | str | list | dict
 
@@ -53,21 +55,26 @@ def _flatten(value: Plain, prefix: str, out: dict[str, Plain]) -> dict[str, Plai
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """One training call: its name, its phases in order, batches per epoch, weight decay."""
+    """One training call: its name, its phases in order, batches per epoch, weight decay, and
+    for a budgeted call (`fine_tune_budget`, phases that end at a time) its budget in seconds."""
 
     call: str
-    phases: tuple[FitPhase, ...]
+    phases: tuple[FitPhase | TimedPhase, ...]
     batches_per_epoch: int
     wd: float
+    budget: float | None = None
 
     def to_dict(self) -> dict[str, Plain]:
         """The plan as plain data (what a checkpoint stores)."""
-        return {
+        out: dict[str, Plain] = {
             "call": self.call,
             "phases": [plain(dataclasses.asdict(p)) for p in self.phases],
             "batches_per_epoch": int(self.batches_per_epoch),
             "wd": float(self.wd),
         }
+        if self.budget is not None:
+            out["budget"] = float(self.budget)
+        return out
 
     def differences(self, saved: Mapping[str, Any]) -> list[str]:
         """What differs between a stored plan and this one, one `field: ...` text per field."""
