@@ -96,7 +96,7 @@ def _train(task: str, out: Path, source: dict[str, Any], **kwargs: Any) -> None:
     bs, epochs, freeze_epochs = source["bs"], kwargs["epochs"], kwargs["freeze_epochs"]
     if bs < 1:
         raise CliError(f"--bs must be at least 1, not {bs}")
-    if epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs == 0:
+    if epochs is not None and (epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs == 0):
         raise CliError("--epochs and --freeze-epochs must be 0 or more, and not both 0")
     _use_agg()
     from imageblocks.recipes.reports import summary_lines
@@ -126,7 +126,8 @@ PretrainedOpt = typer.Option(
     True, "--pretrained/--no-pretrained", help="Start from ImageNet weights."
 )
 BsOpt = typer.Option(64, help="Batch size.")
-EpochsOpt = typer.Option(3, help="Epochs with the whole model training (after the frozen ones).")
+EpochsOpt = typer.Option(None, help="Epochs of the whole model (after frozen ones), or --budget.")
+BudgetOpt = typer.Option(None, help="Train to a time: 90s, 10m, 1h (default 10m, no --epochs).")
 FreezeOpt = typer.Option(1, help="Epochs with the pretrained body frozen, first.")
 LrOpt = typer.Option(None, help="Learning rate (default: lr_find's valley suggestion).")
 WorkersOpt = typer.Option(None, help="Loader worker processes (default: one per core, at most 8).")
@@ -161,7 +162,8 @@ def train_multilabel(
     pretrained: bool = PretrainedOpt,
     size: int = typer.Option(128, help="Image side: RandomResizedCrop(size, min_scale=0.35)."),
     bs: int = BsOpt,
-    epochs: int = EpochsOpt,
+    epochs: int | None = EpochsOpt,
+    budget: str | None = BudgetOpt,
     freeze_epochs: int = FreezeOpt,
     lr: float | None = LrOpt,
     tune_thresholds: bool = typer.Option(
@@ -185,7 +187,7 @@ def train_multilabel(
                  num_workers=workers, device=device),
             epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, tune=tune_thresholds,
             resume=resume, arch=arch, pretrained=pretrained, early_stop=early_stop,
-            save_best=save_best,
+            save_best=save_best, budget=budget,
         )  # fmt: skip
 
 
@@ -207,7 +209,8 @@ def train_points(
         "240x320", help="Model input HEIGHTxWIDTH (images are squished to it)."
     ),
     bs: int = BsOpt,
-    epochs: int = EpochsOpt,
+    epochs: int | None = EpochsOpt,
+    budget: str | None = BudgetOpt,
     freeze_epochs: int = FreezeOpt,
     lr: float | None = LrOpt,
     workers: int | None = WorkersOpt,
@@ -225,7 +228,7 @@ def train_points(
                  point_cols=_columns(point_cols), split_col=split_col, valid_pct=valid_pct,
                  size=size, bs=bs, seed=seed, num_workers=workers, device=device),
             epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, resume=resume, arch=arch,
-            pretrained=pretrained, early_stop=early_stop, save_best=save_best,
+            pretrained=pretrained, early_stop=early_stop, save_best=save_best, budget=budget,
         )  # fmt: skip
 
 
@@ -464,13 +467,14 @@ def demo(
         "--train/--no-train",
         help="Also train and export both demo models (a few minutes on a CPU).",
     ),
+    budget: str = typer.Option("2m", help="Time to train each model; 'none': the short recipe."),
 ) -> None:
     """Generate both demo datasets, show their DataLoaders, then train and export two models."""
     _use_agg()
     with _user_errors():
         from imageblocks.recipes.demo import run_demo
 
-        run_demo(out, bs=bs, train=train, log=typer.echo)
+        run_demo(out, bs=bs, train=train, log=typer.echo, budget=budget)
 
 
 def main() -> None:

@@ -219,8 +219,8 @@ def _phases(
         )  # fmt: skip
         t += d
     epochs = [(p.end - p.start) / (steps_per_epoch * p.step_s + p.valid_s) for p in phases]
-    # the loop's bound: three times the estimate (the clock ends each phase)
-    phases = [dataclasses.replace(p, epochs=int(3 * e) + 3) for p, e in zip(phases, epochs)]
+    # the loop's bound: ten times the estimate (the clock ends each phase, however fast)
+    phases = [dataclasses.replace(p, epochs=int(10 * e) + 10) for p, e in zip(phases, epochs)]
     return BudgetPlan(
         budget_s, start_s, reserve(pick.final), tuple(phases), tuple(epochs), lr, lr_source
     )

@@ -1,8 +1,10 @@
 """The demo run: both demo datasets previewed (summaries, batches), both models trained on a CPU.
 
-The demo trains on a CPU in a few minutes: 500 of the 1250 multi-label validation images, and
-key points at a quarter of the book's 240x320, where four times more steps fit in the same time
-(measured on 2 cores: 120x160 with fine_tune(1) barely beat always guessing the centre).
+The demo trains each model to a time budget (`DEMO_BUDGET`, 2 minutes on a CPU; the planner
+picks sizes and epochs) on 500 of the 1250 multi-label validation images, and key points from
+a quarter of the book's 240x320 (the planner may grow it), where four times more steps fit in
+the same time (measured on 2 cores: 120x160 with fine_tune(1) barely beat guessing the centre).
+With `budget='none'` it runs the fixed short recipe instead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from imageblocks.learn.timed import Budget
 from imageblocks.recipes.book import demo_dataloaders, multilabel_block, points_block
 from imageblocks.recipes.fit import fit_and_export, make_learner, save_figure
 from imageblocks.recipes.reports import describe_data, summary_lines
@@ -25,6 +28,7 @@ from imageblocks.utils import atomic_write
 
 __all__ = [
     "DEMO_ARCH",
+    "DEMO_BUDGET",
     "DEMO_POINTS_SIZE",
     "DEMO_VALID_IMAGES",
     "demo_preview",
@@ -37,6 +41,7 @@ __all__ = [
 DEMO_ARCH = DEFAULT_ARCH
 DEMO_VALID_IMAGES = 500
 DEMO_POINTS_SIZE = (60, 80)
+DEMO_BUDGET = "2m"  # per model: a convincing model while a new user reads the output
 
 
 def demo_preview(out: Path, bs: int = 64, log: Callable[[str], None] = print) -> tuple[Path, Path]:
@@ -77,10 +82,16 @@ def demo_preview(out: Path, bs: int = 64, log: Callable[[str], None] = print) ->
 
 
 def demo_train(
-    task: str, out: Path, folder: Path, log: Callable[[str], None] = print
+    task: str,
+    out: Path,
+    folder: Path,
+    log: Callable[[str], None] = print,
+    budget: str | None = DEMO_BUDGET,
 ) -> dict[str, Any]:
     """Train one demo model ('multilabel' from the PASCAL-style `folder`, 'points' from the
-    BIWI-style one) with its reduced recipe on the CPU, export it to `out`; its metrics."""
+    BIWI-style one) to a time `budget` (None or 'none': the fixed reduced recipe) on the CPU,
+    export it to `out`; its metrics."""
+    timer = Budget(budget).start() if budget and budget.lower() != "none" else None
     set_seed(42)
     if task == "multilabel":
         log(f"\n== training the multi-label model ({DEMO_ARCH}, 128 px) ==")
@@ -98,7 +109,8 @@ def demo_train(
         raise ValueError(f"the demo trains 'multilabel' or 'points', not {task!r}")
     log(f"data: {describe_data(dls)}")
     learn = make_learner(dls, DEMO_ARCH)
-    return fit_and_export(learn, out, epochs, freeze_epochs, 1e-2, log=log)
+    lr = None if timer is not None else 1e-2  # a budget runs its own LR range test
+    return fit_and_export(learn, out, epochs, freeze_epochs, lr, log=log, budget=timer)
 
 
 def first_test_image(pascal: Path) -> Path:
@@ -137,17 +149,21 @@ def next_steps(out: Path, pascal: Path, biwi: Path, trained: bool) -> list[str]:
 
 
 def run_demo(
-    out: Path, bs: int = 64, train: bool = True, log: Callable[[str], None] = print
+    out: Path,
+    bs: int = 64,
+    train: bool = True,
+    log: Callable[[str], None] = print,
+    budget: str | None = DEMO_BUDGET,
 ) -> dict[str, dict[str, Any]]:
-    """The whole demo: `demo_preview`, then (with `train`) both models, each with its summary,
-    and the next steps; the metrics of each model trained."""
+    """The whole demo: `demo_preview`, then (with `train`) both models, each with its summary
+    (each trained to `budget`: see `demo_train`), and the next steps; the metrics of each."""
     start = time.perf_counter()
     pascal, biwi = demo_preview(out, bs=bs, log=log)
     results = {}
     if train:
         for task, folder in (("multilabel", pascal), ("points", biwi)):
             model_dir = out / f"{task}_model"
-            results[task] = demo_train(task, model_dir, folder, log=log)
+            results[task] = demo_train(task, model_dir, folder, log=log, budget=budget)
             for line in summary_lines(results[task], model_dir):
                 log(line)
     for line in next_steps(out, pascal, biwi, train):

@@ -7,6 +7,7 @@ models, export, `metrics.json`, `history.csv` and the plots, in one folder.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from imageblocks.learn.callbacks import Callback
 from imageblocks.learn.learner import Learner, vision_learner
 from imageblocks.learn.metrics import APScoreMulti, F1ScoreMulti, accuracy_multi
 from imageblocks.learn.thresholds import class_thresholds, tune_thresholds
+from imageblocks.learn.timed import Budget
 from imageblocks.learn.tracker import EarlyStoppingCallback, SaveModelCallback
 from imageblocks.learn.tracking import CSVLogger
 from imageblocks.recipes.history import LossHistory
@@ -35,7 +37,18 @@ __all__ = ["CHECKPOINT", "HISTORY", "fit_and_export", "make_learner", "save_figu
 CHECKPOINT = "checkpoint.pt"
 RUN_FILE = ".run.json"
 HISTORY = "history.csv"  # one row per epoch of the run (CSVLogger)
+REPORT_FIGURES = 4  # what a budgeted run reserves for the figures after training, in small ones
 BEST = "best"  # --save-best keeps the best epoch in models/best.safetensors until the export
+
+
+def figure_seconds() -> float:
+    """Seconds to draw and write a small figure as a PNG on this machine (measured now)."""
+    t = time.perf_counter()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(100))
+    fig.savefig(io.BytesIO(), format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return time.perf_counter() - t
 
 
 def save_figure(fig: Any, path: Path) -> Path:
@@ -67,8 +80,9 @@ def _resume_lr(out: Path, lr: float | None, log: Callable[[str], None]) -> float
             f"resume: no checkpoint in {out} (a run writes {CHECKPOINT} after each epoch): "
             "run without resuming to start afresh"
         )
-    if lr is None and run_file.is_file():
-        lr = float(json.loads(run_file.read_text())["lr"])
+    saved = json.loads(run_file.read_text())["lr"] if run_file.is_file() else None
+    if lr is None and saved is not None:  # (a budgeted run's is in its checkpoint's plan)
+        lr = float(saved)
         log(f"resuming from {checkpoint} with the killed run's learning rate {lr:.2e}")
     return lr
 
@@ -104,8 +118,11 @@ def fit_and_export(
     log: Callable[[str], None] = print,
     early_stop: int | None = None,
     save_best: bool = False,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
-    """lr_find (when `lr` is None), fine_tune, threshold tuning, export, metrics.json, plots.
+    """lr_find (when `lr` is None), fine_tune, threshold tuning, export, metrics.json, plots;
+    with a started `budget`, `fine_tune_budget` instead (the epochs are planned to end, report
+    and export included, when the budget does).
 
     Every epoch is checkpointed to `out/checkpoint.pt` (removed once the model is exported);
     `resume` continues a killed run from it, with the learning rate that run used. `early_stop`
@@ -121,7 +138,7 @@ def fit_and_export(
     checkpoint, run_file = out / CHECKPOINT, out / RUN_FILE
     if resume:
         lr = _resume_lr(out, lr, log)
-    if lr is None:
+    if lr is None and budget is None:
         lr = float(learn.lr_find(show_plot=True).valley)
         log(f"lr_find: valley {lr:.2e} (used as the learning rate)")
         save_figure(learn.lr_find_figure, out / "lr_find.png")
@@ -130,15 +147,20 @@ def fit_and_export(
     history = LossHistory()
     learn.cbs.append(history)
     t0 = time.perf_counter()
+    budgeted = None
     try:
-        learn.fine_tune(
-            epochs,
-            base_lr=lr,
-            freeze_epochs=freeze_epochs,
-            checkpoint=checkpoint,
-            resume=checkpoint if resume else None,
-            cbs=[*steering, CSVLogger(HISTORY)],
-        )
+        cbs, resumed = [*steering, CSVLogger(HISTORY)], checkpoint if resume else None
+        if budget is not None:
+            budgeted = learn.fine_tune_budget(
+                budget, base_lr=lr, checkpoint=checkpoint, resume=resumed, cbs=cbs, log=log,
+                report_passes=1, report_s=REPORT_FIGURES * figure_seconds(),
+            )  # fmt: skip
+            lr = learn.plan.phases[0].lr
+        else:
+            learn.fine_tune(
+                epochs, base_lr=lr, freeze_epochs=freeze_epochs, checkpoint=checkpoint,
+                resume=resumed, cbs=cbs,
+            )  # fmt: skip
     except KeyboardInterrupt:
         if checkpoint.is_file():
             print(
@@ -172,6 +194,8 @@ def fit_and_export(
             **steering_report(steering),
         }
     )
+    if budget is not None:  # planned and actual seconds, the report and export included
+        metrics["budget"] = {**budgeted, "actual_s": round(budget.used(), 2)}
     if distributed.is_main():
         atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
         checkpoint.unlink(missing_ok=True)

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from imageblocks.data.loaders import DataLoaders
+from imageblocks.errors import ArgumentError
 from imageblocks.launcher import launched
 from imageblocks.learn import distributed
 from imageblocks.learn.learner import Learner
 from imageblocks.learn.lr_find import minimum, slide, steep, valley
+from imageblocks.learn.timed import Budget
 from imageblocks.recipes.csv_data import (
     CsvDataError,
     biwi_dataloaders,
@@ -27,9 +29,18 @@ from imageblocks.recipes.fit import fit_and_export, make_learner, save_figure
 from imageblocks.recipes.reports import describe_data
 from imageblocks.seeding import set_seed
 
-__all__ = ["DEFAULT_ARCH", "TASKS", "CsvSource", "distributed_run", "find_lr", "train"]
+__all__ = [
+    "DEFAULT_ARCH",
+    "DEFAULT_BUDGET",
+    "TASKS",
+    "CsvSource",
+    "distributed_run",
+    "find_lr",
+    "train",
+]
 
 DEFAULT_ARCH = "efficientnet_lite0"
+DEFAULT_BUDGET = "10m"  # `train` with no epochs: what a coffee break buys (see the README)
 TASKS = ("multilabel", "points")
 
 
@@ -115,7 +126,7 @@ def train(
     task: str,
     source: CsvSource,
     out: Path,
-    epochs: int = 3,
+    epochs: int | None = None,
     freeze_epochs: int = 1,
     lr: float | None = None,
     tune: bool = True,
@@ -125,15 +136,22 @@ def train(
     log: Callable[[str], None] = print,
     early_stop: int | None = None,
     save_best: bool = False,
+    budget: float | str | None = None,
 ) -> dict[str, Any]:
     """Load `source` for `task`, fine_tune a fresh vision learner and export it with its metrics
     and plots to `out` (see `fit_and_export`: `early_stop` patience, `save_best`); what
-    metrics.json holds."""
+    metrics.json holds. With no `epochs`, the run trains to a time `budget` (default
+    `DEFAULT_BUDGET`) counted from this call: data loading, report and export included."""
+    if epochs is not None and budget is not None:
+        raise ArgumentError(
+            "give a number of epochs (--epochs) or a time budget (--budget), not both"
+        )
+    timer = Budget(budget or DEFAULT_BUDGET).start() if epochs is None else None
     learn = source.learner(task, arch, pretrained)
     log(f"data: {describe_data(learn.dls)}")
     return fit_and_export(
         learn, out, epochs, freeze_epochs, lr, tune=tune, resume=resume, log=log,
-        early_stop=early_stop, save_best=save_best,
+        early_stop=early_stop, save_best=save_best, budget=timer,
     )  # fmt: skip
 
 
