@@ -185,7 +185,8 @@ class _ClassInterpretation(Interpretation):
 
     def _table(self, columns: dict[str, Any]) -> pd.DataFrame:
         """A per-class DataFrame from column name -> one value per class."""
-        data = {k: np.asarray(torch.as_tensor(v).float()) for k, v in columns.items()}
+        # float64: float32 values print with their binary noise (0.4000000059604645)
+        data = {k: np.asarray(torch.as_tensor(v).double()) for k, v in columns.items()}
         df = pd.DataFrame(data, index=pd.Index(self.vocab, name="class"))
         for col in ("support", "predicted"):
             df[col] = df[col].astype(int)
