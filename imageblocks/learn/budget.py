@@ -46,7 +46,7 @@ __all__ = ["MIN_EPOCHS", "BudgetError", "BudgetPlan", "fine_tune_budget", "plan_
 
 Size = tuple[int, int]
 MIN_EPOCHS = 6  # unfrozen epochs the final size must still buy; below, a smaller size pays more
-SIDE_MULTS = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0)  # final sizes tried, times the loaders' size
+SIDE_MULTS = (0.375, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # final sizes tried, times the loaders' size
 EARLY = 0.6  # the first sizes' side, times the final one
 PROBE_SHARE, LR_TEST_SHARE = 0.08, 0.05  # of the budget, for the timings and the LR range test
 DEFAULT_LR = 2e-3  # fine_tune's, when no LR range test fits
@@ -322,7 +322,7 @@ def fine_tune_budget(
     counting from earlier) buys: measure, plan (printed), train frozen then unfrozen with
     progressive resizing on a schedule that follows the clock; each phase's time is printed.
 
-    `sizes`: the final image sizes to choose from (default: the loaders' size times 0.75..2).
+    `sizes`: the final image sizes to choose from (default: the loaders' size times 0.375..2).
     The caller's work after training (`report_passes` validation passes at the final size and
     `report_s` seconds) is reserved; `checkpoint`/`resume` as in `fine_tune` (a resumed run
     keeps the plan and the seconds left). Returns the plan and each phase's actual time."""
