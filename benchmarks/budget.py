@@ -215,13 +215,7 @@ def main() -> None:
         "fastai": fastai,
         "runs": runs,
     }
-    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
-    slug = f"budget-{slug}" + ("-quick" if args.quick else "")
-    (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / f"{slug}.json").write_text(json.dumps(result, indent=2))
-    md = markdown(result)
-    (ROOT / "results" / f"{slug}.md").write_text(md)
-    print(md)
+    print(side.write_results("budget-", name, args.quick, result, markdown(result)))
 
 
 if __name__ == "__main__":

@@ -437,14 +437,17 @@ def main() -> None:
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
         **results,
     }
-    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60] + (
-        "-quick" if args.quick else ""
-    )
+    print(write_results("", name, args.quick, result, markdown(result)))
+
+
+def write_results(prefix: str, name: str, quick: bool, result: dict[str, Any], md: str) -> str:
+    """Write results/<prefix><machine>[-quick].json and .md; returns the Markdown."""
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
+    slug = prefix + slug + ("-quick" if quick else "")
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / f"{slug}.json").write_text(json.dumps(result, indent=2))
-    md = markdown(result)
     (ROOT / "results" / f"{slug}.md").write_text(md)
-    print(md)
+    return md
 
 
 if __name__ == "__main__":
