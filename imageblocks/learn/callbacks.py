@@ -9,27 +9,28 @@ from typing import Any
 
 import numpy as np
 
+from imageblocks.errors import ImageblocksError
 from imageblocks.learn.lr_find import LossSmoother
 from imageblocks.show import subplots
 
 
-class CancelBatchException(Exception):
+class CancelBatchException(ImageblocksError):
     """Raised from `before_batch`: skip this batch's step (`after_batch` still runs)."""
 
 
-class CancelTrainException(Exception):
+class CancelTrainException(ImageblocksError):
     """Skip the rest of this epoch's training; validation and `after_epoch` still run."""
 
 
-class CancelValidException(Exception):
+class CancelValidException(ImageblocksError):
     """Raised from `before_validate`: no validation this epoch (its columns are None)."""
 
 
-class CancelEpochException(Exception):
+class CancelEpochException(ImageblocksError):
     """Skip the rest of this epoch (training and validation); `after_epoch` still runs."""
 
 
-class CancelFitException(Exception):
+class CancelFitException(ImageblocksError):
     """End this fit: the epoch in progress is not recorded, `after_fit` still runs and the
     checkpoint marks the fit as done (in `fine_tune`, the next phase starts, as in fastai)."""
 
