@@ -63,6 +63,11 @@ def _write(folder, config) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def _resize(**fields) -> dict:
+    """A batch Resize entry of config.json, with `fields` added."""
+    return {"name": "Resize", "size": [32, 32], **fields}
+
+
 @pytest.mark.parametrize(
     "edit, field",
     [
@@ -84,6 +89,10 @@ def _write(folder, config) -> None:
         (lambda c: c.update(item_tfms={"name": "Resize"}), "item_tfms"),
         (lambda c: c["item_tfms"][0].update(size="big"), "item_tfms[0].size"),
         (lambda c: c["item_tfms"][0].update(method=3), "item_tfms[0].method"),
+        (lambda c: c["item_tfms"][0].update(pad_mode="wrap"), "item_tfms[0].pad_mode"),
+        (lambda c: c["item_tfms"][0].update(mode="bilinear"), "item_tfms[0].mode"),
+        (lambda c: c["batch_tfms"].insert(0, _resize(pad_mode="wrap")), "batch_tfms[0].pad_mode"),
+        (lambda c: c["batch_tfms"].insert(0, _resize(resample=2)), "batch_tfms[0].resample"),
         (lambda c: c["batch_tfms"].append({"name": "Normalize", "mean": [0], "std": [1]}), "mean"),
         (lambda c: c["loss"].update(name="MSELossFlat"), "loss.name"),
         (lambda c: c["loss"].update(thresh=float("inf")), "loss.thresh"),

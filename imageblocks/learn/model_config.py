@@ -172,14 +172,15 @@ def _fields(v: Any, field: str, spec: dict[str, Check], required: tuple[str, ...
 
 
 _RESAMPLE = _choice(0, 1, 2, 3, 4, 5)  # PIL's NEAREST .. LANCZOS
-_PAD_MODES = ("zeros", "border", "reflection")
+
+
+def _resize_spec(size: Check, **more: Check) -> dict[str, Check]:
+    """The fields of a Resize (item or batch): its size check, pad_mode, and its own `more`."""
+    return {"size": size, "pad_mode": _choice("zeros", "border", "reflection"), **more}
+
+
 _ITEM_TFMS: dict[str, dict[str, Check]] = {
-    "Resize": {
-        "size": _size,
-        "method": _choice("crop", "pad", "squish"),
-        "pad_mode": _choice(*_PAD_MODES),
-        "resample": _RESAMPLE,
-    },
+    "Resize": _resize_spec(_size, method=_choice("crop", "pad", "squish"), resample=_RESAMPLE),
     "RandomResizedCrop": {
         "size": _size,
         "min_scale": _num(0, 1, lo_open=True),
@@ -213,12 +214,9 @@ def _batch_tfm(v: Any, field: str, n_in: int) -> dict:
     name = v.get("name") if isinstance(v, dict) else None
     stat = _list(_num(-1e6, 1e6), n_in, n_in, f"a list of {n_in} numbers (one per channel)")
     specs: dict[str, dict[str, Check]] = {
-        "Resize": {
-            "size": _pair,
-            "mode": _choice("bilinear", "nearest", "bicubic"),
-            "pad_mode": _choice(*_PAD_MODES),
-            "align_corners": _bool,
-        },
+        "Resize": _resize_spec(
+            _pair, mode=_choice("bilinear", "nearest", "bicubic"), align_corners=_bool
+        ),
         "Normalize": {"mean": stat, "std": stat},
     }
     if not isinstance(name, str) or name not in specs:
