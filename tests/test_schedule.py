@@ -1,5 +1,6 @@
 """Schedules (one-cycle, discriminative LRs, fine_tune plan) and the LR-finder suggestions."""
 
+import inspect
 import math
 from dataclasses import replace
 from functools import partial
@@ -10,6 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from imageblocks.learn.learner import Learner
 from imageblocks.learn.lr_find import (
     LossSmoother,
     SuggestedLRs,
@@ -25,6 +27,7 @@ from imageblocks.learn.lr_find import (
 )
 from imageblocks.learn.plan import TrainingPlan
 from imageblocks.learn.schedule import (
+    FineTuneArgs,
     FitPhase,
     combined_cos,
     discriminative_lrs,
@@ -128,16 +131,32 @@ def test_discriminative_lrs():
 
 
 def test_fine_tune_plan_matches_fastai():
-    frozen, unfrozen = fine_tune_plan(3, base_lr=3e-3, freeze_epochs=4)
+    frozen, unfrozen = fine_tune_plan(FineTuneArgs(3, base_lr=3e-3, freeze_epochs=4))
     assert frozen == FitPhase(frozen=True, epochs=4, lr=3e-3, pct_start=0.99, div=5.0)
     assert unfrozen.frozen is False and unfrozen.epochs == 3
     assert unfrozen.lr == slice(1.5e-3 / 100, 1.5e-3)
     assert unfrozen.pct_start == 0.3 and unfrozen.div == 5.0
-    (only,) = fine_tune_plan(2, base_lr=1e-2, freeze_epochs=0)
+    (only,) = fine_tune_plan(FineTuneArgs(2, base_lr=1e-2, freeze_epochs=0))
     assert not only.frozen and only.lr == slice(5e-3 / 100, 5e-3)
     lrs = unfrozen.lrs(n_groups=3, steps_per_epoch=10)
     assert lrs.shape == (30, 3)
     assert lrs.max(0).values.tolist() == pytest.approx([1.5e-5, 1.5e-4, 1.5e-3], rel=1e-2)
+
+
+def test_fit_signatures_keep_fastai_order_and_defaults():
+    def defaults(method):
+        return [(k, p.default) for k, p in inspect.signature(method).parameters.items()][1:]
+
+    tail = [("wd", None), ("moms", None), ("cbs", ()), ("checkpoint", None), ("resume", None)]
+    assert defaults(Learner.fine_tune) == [
+        ("epochs", inspect.Parameter.empty), ("base_lr", 2e-3), ("freeze_epochs", 1),
+        ("lr_mult", 100), ("pct_start", 0.3), ("div", 5.0), *tail,
+    ]  # fmt: skip
+    assert defaults(Learner.fit_one_cycle) == [
+        ("n_epoch", inspect.Parameter.empty), ("lr_max", None), ("div", 25.0),
+        ("div_final", 1e5), ("pct_start", 0.25), *tail,
+    ]  # fmt: skip
+    assert FineTuneArgs(1).base_lr == 2e-3  # fine_tune_plan's defaults are the same ones
 
 
 # --- LR finder -----------------------------------------------------------------------------------
@@ -240,16 +259,17 @@ def test_plot_lr_find_returns_a_figure():
 
 
 def test_a_plan_survives_a_checkpoint_and_names_its_differences(tmp_path):
-    plan = TrainingPlan("fine_tune", tuple(fine_tune_plan(2, base_lr=1e-3)), 6, 1e-2)
+    plan = TrainingPlan("fine_tune", tuple(fine_tune_plan(FineTuneArgs(2, base_lr=1e-3))), 6, 1e-2)
     torch.save({"plan": plan.to_dict()}, tmp_path / "plan.pt")
     stored = torch.load(tmp_path / "plan.pt", weights_only=True)["plan"]  # plain data only
     assert plan.differences(stored) == []
-    other = TrainingPlan("fine_tune", tuple(fine_tune_plan(3, base_lr=1e-3)), 7, 1e-2)
+    other = TrainingPlan("fine_tune", tuple(fine_tune_plan(FineTuneArgs(3, base_lr=1e-3))), 7, 1e-2)
     assert other.differences(stored) == [
         "phases[1].epochs: the checkpoint has 2, this call 3",
         "batches_per_epoch: the checkpoint has 6, this call 7",
     ]
-    shorter = TrainingPlan("fine_tune", tuple(fine_tune_plan(2, 1e-3, freeze_epochs=0)), 6, 1e-2)
+    short = fine_tune_plan(FineTuneArgs(2, 1e-3, freeze_epochs=0))
+    shorter = TrainingPlan("fine_tune", tuple(short), 6, 1e-2)
     assert shorter.differences(stored)[0] == "phases.count: the checkpoint has 2, this call 1"
 
 

@@ -36,7 +36,7 @@ from imageblocks.learn.optimizer import create_opt
 from imageblocks.learn.plan import TrainingPlan
 from imageblocks.learn.precision import autocast, autocast_dtype, check_precision
 from imageblocks.learn.predict import decode_preds, get_preds, predict, predict_batch, raw_preds
-from imageblocks.learn.schedule import FitPhase, fine_tune_plan
+from imageblocks.learn.schedule import FineTuneArgs, FitPhase, fine_tune_plan
 from imageblocks.learn.thresholds import tune_thresholds
 from imageblocks.learn.tta import tta
 from imageblocks.lists import L
@@ -235,18 +235,11 @@ class Learner:
         run_plan(self, self._plan("fit", [phase], wd), cbs, checkpoint, resume)
 
     def fit_one_cycle(
-        self,
-        n_epoch: int,
-        lr_max: float | slice | None = None,
-        div: float = 25.0,
-        div_final: float = 1e5,
-        pct_start: float = 0.25,
-        wd: float | None = None,
-        moms: Moms | None = None,
-        cbs: Callback | Sequence[Callback] = (),
-        checkpoint: Any = None,
-        resume: Any = None,
-    ) -> None:
+        self, n_epoch: int, lr_max: float | slice | None = None,
+        div: float = 25.0, div_final: float = 1e5, pct_start: float = 0.25,
+        wd: float | None = None, moms: Moms | None = None,
+        cbs: Callback | Sequence[Callback] = (), checkpoint: Any = None, resume: Any = None,
+    ) -> None:  # fmt: skip
         """Train with the one-cycle schedule: warm up to `lr_max`, then anneal (cosine).
 
         `checkpoint='run.pt'` saves the run after every epoch; `resume='run.pt'` continues it."""
@@ -257,24 +250,23 @@ class Learner:
     def fine_tune(
         self,
         epochs: int,
-        base_lr: float = 2e-3,
-        freeze_epochs: int = 1,
-        lr_mult: float = 100,
-        pct_start: float = 0.3,
-        div: float = 5.0,
+        base_lr: float = FineTuneArgs.base_lr,
+        freeze_epochs: int = FineTuneArgs.freeze_epochs,
+        lr_mult: float = FineTuneArgs.lr_mult,
+        pct_start: float = FineTuneArgs.pct_start,
+        div: float = FineTuneArgs.div,
         wd: float | None = None,
         moms: Moms | None = None,
         cbs: Callback | Sequence[Callback] = (),
         checkpoint: Any = None,
         resume: Any = None,
     ) -> None:
-        """Train the head with the body frozen, then everything with discriminative rates.
+        """Train the head with the body frozen, then everything with discriminative rates
+        (defaults: fastai's, in `FineTuneArgs`).
 
         `checkpoint='run.pt'` saves the run after every epoch; `resume='run.pt'` continues it."""
-        phases = [
-            dataclasses.replace(phase, moms=moms or self.moms)
-            for phase in fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult, pct_start, div)
-        ]
+        args = FineTuneArgs(epochs, base_lr, freeze_epochs, lr_mult, pct_start, div)
+        phases = [dataclasses.replace(p, moms=moms or self.moms) for p in fine_tune_plan(args)]
         run_plan(self, self._plan("fine_tune", phases, wd), cbs, checkpoint, resume)
 
     def fine_tune_budget(self, budget: float | str, **kwargs: Any) -> dict[str, Any]:

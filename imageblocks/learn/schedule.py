@@ -26,6 +26,7 @@ __all__ = [
     "discriminative_lrs",
     "set_hypers",
     "FitPhase",
+    "FineTuneArgs",
     "fine_tune_plan",
 ]
 
@@ -194,14 +195,20 @@ class FitPhase:
         return one_cycle_lrs(lr_max, total, self.pct_start, self.div, self.div_final)
 
 
-def fine_tune_plan(
-    epochs: int,
-    base_lr: float = 2e-3,
-    freeze_epochs: int = 1,
-    lr_mult: float = 100,
-    pct_start: float = 0.3,
-    div: float = 5.0,
-) -> list[FitPhase]:
+@dataclass(frozen=True)
+class FineTuneArgs:
+    """The schedule arguments of `fine_tune`; the defaults are fastai's, and `Learner.fine_tune`
+    takes its defaults from here."""
+
+    epochs: int
+    base_lr: float = 2e-3
+    freeze_epochs: int = 1
+    lr_mult: float = 100
+    pct_start: float = 0.3
+    div: float = 5.0
+
+
+def fine_tune_plan(args: FineTuneArgs) -> list[FitPhase]:
     """The phases of `fine_tune`: train the head with the body frozen, then everything.
 
     Frozen: `freeze_epochs` one-cycle epochs at `base_lr` warming up almost all the way
@@ -209,9 +216,10 @@ def fine_tune_plan(
     `lr_mult` times less for the first body group.
     """
     plan = []
-    if freeze_epochs > 0:
-        plan.append(FitPhase(True, freeze_epochs, base_lr, 0.99, div))
-    base_lr /= 2
-    if epochs > 0:
-        plan.append(FitPhase(False, epochs, slice(base_lr / lr_mult, base_lr), pct_start, div))
+    if args.freeze_epochs > 0:
+        plan.append(FitPhase(True, args.freeze_epochs, args.base_lr, 0.99, args.div))
+    lr = args.base_lr / 2
+    if args.epochs > 0:
+        unfrozen = slice(lr / args.lr_mult, lr)
+        plan.append(FitPhase(False, args.epochs, unfrozen, args.pct_start, args.div))
     return plan
