@@ -1,5 +1,7 @@
 """Batch transforms: shapes, points following pixels, validation, lighting, Normalize, seeding."""
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -322,3 +324,14 @@ def test_everything_stays_on_the_batch_device(device):
             out = t(out, KINDS, train)
         assert out[0].device == x.device and out[1].device == x.device
         assert out[0].shape == (4, 3, 24, 32)
+
+
+def test_aug_transforms_keeps_fastais_argument_order_and_defaults():
+    params = inspect.signature(aug_transforms).parameters
+    assert [(k, p.default) for k, p in params.items()] == [
+        ("mult", 1.0), ("do_flip", True), ("flip_vert", False), ("max_rotate", 10.0),
+        ("min_zoom", 1.0), ("max_zoom", 1.1), ("max_lighting", 0.2), ("max_warp", 0.2),
+        ("p_affine", 0.75), ("p_lighting", 0.75), ("xtra_tfms", None), ("size", None),
+        ("mode", "bilinear"), ("pad_mode", "reflection"), ("align_corners", False),
+        ("batch", False), ("min_scale", 1.0),
+    ]  # fmt: skip

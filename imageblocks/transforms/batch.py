@@ -16,24 +16,13 @@ __all__ = ["aug_transforms"]
 
 
 def aug_transforms(
-    mult: float = 1.0,
-    do_flip: bool = True,
-    flip_vert: bool = False,
-    max_rotate: float = 10.0,
-    min_zoom: float = 1.0,
-    max_zoom: float = 1.1,
-    max_lighting: float = 0.2,
-    max_warp: float = 0.2,
-    p_affine: float = 0.75,
-    p_lighting: float = 0.75,
-    xtra_tfms: BatchTransform | Sequence[BatchTransform] | None = None,
-    size: int | Sequence[int] | None = None,
-    mode: str = "bilinear",
-    pad_mode: str = "reflection",
-    align_corners: bool = False,
-    batch: bool = False,
-    min_scale: float = 1.0,
-) -> list[BatchTransform]:
+    mult: float = 1.0, do_flip: bool = True, flip_vert: bool = False,
+    max_rotate: float = 10.0, min_zoom: float = 1.0, max_zoom: float = 1.1,
+    max_lighting: float = 0.2, max_warp: float = 0.2, p_affine: float = 0.75,
+    p_lighting: float = 0.75, xtra_tfms: BatchTransform | Sequence[BatchTransform] | None = None,
+    size: int | Sequence[int] | None = None, mode: str = "bilinear", pad_mode: str = "reflection",
+    align_corners: bool = False, batch: bool = False, min_scale: float = 1.0,
+) -> list[BatchTransform]:  # fmt: skip
     """The standard augmentation set: one fused geometric transform and one lighting transform."""
     max_rotate, max_lighting, max_warp = max_rotate * mult, max_lighting * mult, max_warp * mult
     tfms: list[BatchTransform] = []
