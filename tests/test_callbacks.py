@@ -6,6 +6,7 @@ the valid_loss of every epoch is known in advance."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -310,3 +311,18 @@ def test_cli_save_best_exports_the_best_epoch(voc, tmp_path):
     assert metrics["valid_loss"] == pytest.approx(unfrozen[best], rel=1e-4)
     assert best != len(unfrozen) - 1, "the test needs a run whose last epoch is not the best"
     assert not (out / "models").exists()  # the best weights are the export now
+
+
+def test_trackers_take_fastais_arguments_in_fastais_order():
+    def first(cls):  # positional order and defaults, after self
+        return [(k, p.default) for k, p in inspect.signature(cls.__init__).parameters.items()][1:]
+
+    head = [("monitor", "valid_loss"), ("comp", None), ("min_delta", 0.0), ("patience", 1)]
+    assert first(EarlyStoppingCallback) == [*head, ("reset_on_fit", True)]
+    assert first(ReduceLROnPlateau) == [
+        *head, ("factor", 10.0), ("min_lr", 0), ("reset_on_fit", True)
+    ]  # fmt: skip
+    stop = EarlyStoppingCallback("train_loss", None, 0.5, 3, False)
+    assert (stop.monitor, stop.min_delta, stop.patience, stop.reset_on_fit) == (
+        "train_loss", -0.5, 3, False,
+    )  # fmt: skip

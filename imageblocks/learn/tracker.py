@@ -96,13 +96,9 @@ class _PatienceCallback(TrackerCallback):
     """A tracker that acts once `monitor` has not improved for `patience` epochs."""
 
     def __init__(
-        self,
-        monitor: str = "valid_loss",
-        comp: Callable | None = None,
-        min_delta: float = 0.0,
-        patience: int = 1,
-        reset_on_fit: bool = True,
-    ) -> None:
+        self, monitor: str = "valid_loss", comp: Callable | None = None, min_delta: float = 0.0,
+        patience: int = 1, reset_on_fit: bool = True,
+    ) -> None:  # fmt: skip
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.patience = patience
 
