@@ -220,13 +220,10 @@ def point_columns(
 
 
 def check_csv(
-    csv: str | os.PathLike,
-    images: str | os.PathLike,
-    fname_col: str = "fname",
+    csv: str | os.PathLike, images: str | os.PathLike, fname_col: str = "fname",
     point_cols: Sequence[str] | None = None,
-    label_col: str | None = None,
-    vocab: Sequence[str] | None = None,
-) -> list[tuple[Path, str]]:
+    label_col: str | None = None, vocab: Sequence[str] | None = None,
+) -> list[tuple[Path, str]]:  # fmt: skip
     """Every problem of the rows of `csv` in one scan, as `(image path, reason)`: missing,
     unreadable or non-image files; with `point_cols` (or `x, y` / `x0, y0, ...` columns present)
     missing, non-numeric, infinite or out-of-image points; with `label_col` and `vocab`
