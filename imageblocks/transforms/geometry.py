@@ -403,19 +403,21 @@ class AffineWarp(BatchTransform):
 
 # --- fastai-style constructors ---------------------------------------------------------------
 
+SizeArg = int | Sequence[int] | None  # one side or (height, width); None: the input's size
 
-def Flip(p: float = 0.5, size: int | Sequence[int] | None = None, **kwargs: Any) -> AffineWarp:
+
+def Flip(p: float = 0.5, size: SizeArg = None, **kwargs: Any) -> AffineWarp:
     """Random horizontal flip with probability ``p``."""
     return AffineWarp(size, do_flip=True, p_flip=p, **kwargs)
 
 
-def Dihedral(p: float = 0.5, size: int | Sequence[int] | None = None, **kwargs: Any) -> AffineWarp:
+def Dihedral(p: float = 0.5, size: SizeArg = None, **kwargs: Any) -> AffineWarp:
     """Random flip/transpose (one of the 8 symmetries of the square) with probability ``p``."""
     return AffineWarp(size, do_flip=True, flip_vert=True, p_flip=p, **kwargs)
 
 
 def Rotate(
-    max_deg: float = 10.0, p: float = 0.5, size: int | Sequence[int] | None = None, **kwargs: Any
+    max_deg: float = 10.0, p: float = 0.5, size: SizeArg = None, **kwargs: Any
 ) -> AffineWarp:
     """Random rotation in [-max_deg, max_deg] degrees with probability ``p``."""
     return AffineWarp(size, max_rotate=max_deg, p_affine=p, **kwargs)
@@ -425,16 +427,14 @@ def Zoom(
     min_zoom: float = 1.0,
     max_zoom: float = 1.1,
     p: float = 0.5,
-    size: int | Sequence[int] | None = None,
+    size: SizeArg = None,
     **kwargs: Any,
 ) -> AffineWarp:
     """Random zoom in [min_zoom, max_zoom] on a random window with probability ``p``."""
     return AffineWarp(size, min_zoom=min_zoom, max_zoom=max_zoom, p_affine=p, **kwargs)
 
 
-def Warp(
-    magnitude: float = 0.2, p: float = 0.5, size: int | Sequence[int] | None = None, **kwargs: Any
-) -> AffineWarp:
+def Warp(magnitude: float = 0.2, p: float = 0.5, size: SizeArg = None, **kwargs: Any) -> AffineWarp:
     """Random perspective warp moving the corners by up to ``magnitude`` with probability ``p``."""
     return AffineWarp(size, max_warp=magnitude, p_affine=p, **kwargs)
 
