@@ -16,6 +16,25 @@ from typing import Any
 
 import typer
 
+from imageblocks.cli_options import (
+    ArchOpt,
+    BsOpt,
+    CsvOpt,
+    DeviceOpt,
+    FnameColOpt,
+    ImagesOpt,
+    LabelColOpt,
+    OutOpt,
+    PointColsOpt,
+    PresetOpt,
+    PretrainedOpt,
+    SeedOpt,
+    SplitColOpt,
+    TrainOptions,
+    ValidPctOpt,
+    WorkersOpt,
+    with_train_options,
+)
 from imageblocks.errors import ImageblocksError
 from imageblocks.runtime import sleep_idle_threads
 from imageblocks.utils import parse_size
@@ -30,8 +49,6 @@ train_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(train_app, name="train")
-
-DEFAULT_ARCH = "efficientnet_lite0"  # its weights ship with imageblocks; the demo's too
 
 
 @app.callback()
@@ -90,12 +107,13 @@ def _columns(text: str | None) -> list[str] | None:
     return cols or None
 
 
-def _train(task: str, out: Path, source: dict[str, Any], **kwargs: Any) -> None:
-    """Check the arguments, train from `source` (a CsvSource's fields, size as text), export to
-    `out` and print the summary; under torchrun every rank trains, rank 0 prints."""
-    bs, epochs, freeze_epochs = source["bs"], kwargs["epochs"], kwargs["freeze_epochs"]
-    if bs < 1:
-        raise CliError(f"--bs must be at least 1, not {bs}")
+def _train(task: str, out: Path, source: dict[str, Any], opts: TrainOptions, **kwargs: Any) -> None:
+    """Check the arguments, train from `source` (the CsvSource fields a command has of its own)
+    and `opts`, export to `out` and print the summary; under torchrun every rank trains, rank 0
+    prints."""
+    if opts.bs < 1:
+        raise CliError(f"--bs must be at least 1, not {opts.bs}")
+    epochs, freeze_epochs = opts.epochs, opts.freeze_epochs
     if epochs is not None and (epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs == 0):
         raise CliError("--epochs and --freeze-epochs must be 0 or more, and not both 0")
     _use_agg()
@@ -103,95 +121,44 @@ def _train(task: str, out: Path, source: dict[str, Any], **kwargs: Any) -> None:
     from imageblocks.recipes.train import CsvSource, distributed_run, train
 
     with distributed_run():
-        source = CsvSource(**{**source, "size": _parse_size(source["size"])})
-        metrics = train(task, source, out, log=typer.echo, **kwargs)
+        source = CsvSource(
+            **source, fname_col=opts.fname_col, split_col=opts.split_col,
+            valid_pct=opts.valid_pct, bs=opts.bs, seed=opts.seed, num_workers=opts.workers,
+            device=opts.device,
+        )  # fmt: skip
+        metrics = train(
+            task, source, out, log=typer.echo, epochs=epochs, freeze_epochs=freeze_epochs,
+            lr=opts.lr, resume=opts.resume, arch=opts.arch, pretrained=opts.pretrained,
+            early_stop=opts.early_stop, save_best=opts.save_best, budget=opts.budget, **kwargs,
+        )  # fmt: skip
         typer.echo("\n".join(summary_lines(metrics, out)))
         typer.echo(f"next: imageblocks predict {out} IMAGE...   |   imageblocks serve {out}")
 
 
-CsvOpt = typer.Option(..., "--csv", help="CSV file, one row per image.")
-ImagesOpt = typer.Option(..., "--images", help="Folder the CSV's file names are relative to.")
-FnameColOpt = typer.Option("fname", help="Column of image file names.")
-LabelColOpt = typer.Option("labels", help="Column of space-separated labels (empty: no object).")
-SplitColOpt = typer.Option(
-    None, help="Boolean column: true rows are validation (default: is_valid when present)."
-)
-ValidPctOpt = typer.Option(
-    None, help="Random validation share when there is no split column (default: 0.2)."
-)
-ArchOpt = typer.Option(
-    DEFAULT_ARCH, help="Architecture (efficientnet_lite0's weights ship with imageblocks)."
-)
-PretrainedOpt = typer.Option(
-    True, "--pretrained/--no-pretrained", help="Start from ImageNet weights."
-)
-BsOpt = typer.Option(64, help="Batch size.")
-EpochsOpt = typer.Option(None, help="Epochs of the whole model (after frozen ones), or --budget.")
-BudgetOpt = typer.Option(None, help="Train to a time: 90s, 10m, 1h (default 10m, no --epochs).")
-FreezeOpt = typer.Option(1, help="Epochs with the pretrained body frozen, first.")
-LrOpt = typer.Option(None, help="Learning rate (default: lr_find's valley suggestion).")
-WorkersOpt = typer.Option(None, help="Loader worker processes (default: one per core, at most 8).")
-DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: the best available).")
-SeedOpt = typer.Option(42, help="Random seed (split, initialisation, augmentation).")
-OutOpt = typer.Option(..., "--out", help="Folder for the exported model, metrics.json and plots.")
-ResumeOpt = typer.Option(
-    False, "--resume", help="Continue a killed run from OUT/checkpoint.pt (same arguments)."
-)
-EarlyStopOpt = typer.Option(
-    None, "--early-stop", metavar="PATIENCE", help="Stop once valid_loss stalls PATIENCE epochs."
-)
-SaveBestOpt = typer.Option(False, "--save-best", help="Export the epoch with the best valid_loss.")
-PresetOpt = typer.Option(
-    None, help="'biwi': a biwi_head_pose-style folder in --images (the book's get_ctr), no CSV."
-)
-PointColsOpt = typer.Option(
-    None, help="Point columns, comma-separated (default: x,y or x0,y0,x1,y1,...)."
-)
-
-
 @train_app.command("multilabel")
+@with_train_options
 def train_multilabel(
     csv: Path = CsvOpt,
     images: Path = ImagesOpt,
     out: Path = OutOpt,
-    fname_col: str = FnameColOpt,
     label_col: str = LabelColOpt,
-    split_col: str | None = SplitColOpt,
-    valid_pct: float | None = ValidPctOpt,
-    arch: str = ArchOpt,
-    pretrained: bool = PretrainedOpt,
     size: int = typer.Option(128, help="Image side: RandomResizedCrop(size, min_scale=0.35)."),
-    bs: int = BsOpt,
-    epochs: int | None = EpochsOpt,
-    budget: str | None = BudgetOpt,
-    freeze_epochs: int = FreezeOpt,
-    lr: float | None = LrOpt,
     tune_thresholds: bool = typer.Option(
         True,
         "--tune-thresholds/--no-tune-thresholds",
         help="Pick per-class thresholds on validation.",
     ),
-    workers: int | None = WorkersOpt,
-    device: str | None = DeviceOpt,
-    seed: int = SeedOpt,
-    resume: bool = ResumeOpt,
-    early_stop: int | None = EarlyStopOpt,
-    save_best: bool = SaveBestOpt,
+    *,
+    opts: TrainOptions,
 ) -> None:
     """Multi-label classification (PASCAL-style CSV): fine_tune, tune thresholds, export."""
     with _user_errors():
-        _train(
-            "multilabel", out,
-            dict(images=images, csv=csv, fname_col=fname_col, label_col=label_col,
-                 split_col=split_col, valid_pct=valid_pct, size=str(size), bs=bs, seed=seed,
-                 num_workers=workers, device=device),
-            epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, tune=tune_thresholds,
-            resume=resume, arch=arch, pretrained=pretrained, early_stop=early_stop,
-            save_best=save_best, budget=budget,
-        )  # fmt: skip
+        source = dict(images=images, csv=csv, label_col=label_col, size=_parse_size(str(size)))
+        _train("multilabel", out, source, opts, tune=tune_thresholds)
 
 
 @train_app.command("points")
+@with_train_options
 def train_points(
     images: Path = ImagesOpt,
     out: Path = OutOpt,
@@ -199,37 +166,20 @@ def train_points(
         None, "--csv", help="CSV with fname and x,y (or x0,y0,x1,y1,...) in pixels."
     ),
     preset: str | None = PresetOpt,
-    fname_col: str = FnameColOpt,
     point_cols: str | None = PointColsOpt,
-    split_col: str | None = SplitColOpt,
-    valid_pct: float | None = ValidPctOpt,
-    arch: str = ArchOpt,
-    pretrained: bool = PretrainedOpt,
     size: str = typer.Option(
         "240x320", help="Model input HEIGHTxWIDTH (images are squished to it)."
     ),
-    bs: int = BsOpt,
-    epochs: int | None = EpochsOpt,
-    budget: str | None = BudgetOpt,
-    freeze_epochs: int = FreezeOpt,
-    lr: float | None = LrOpt,
-    workers: int | None = WorkersOpt,
-    device: str | None = DeviceOpt,
-    seed: int = SeedOpt,
-    resume: bool = ResumeOpt,
-    early_stop: int | None = EarlyStopOpt,
-    save_best: bool = SaveBestOpt,
+    *,
+    opts: TrainOptions,
 ) -> None:
     """Key points (image regression): from a CSV of pixel coordinates, or --preset biwi."""
     with _user_errors():
-        _train(
-            "points", out,
-            dict(images=images, csv=csv, preset=preset, fname_col=fname_col,
-                 point_cols=_columns(point_cols), split_col=split_col, valid_pct=valid_pct,
-                 size=size, bs=bs, seed=seed, num_workers=workers, device=device),
-            epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, resume=resume, arch=arch,
-            pretrained=pretrained, early_stop=early_stop, save_best=save_best, budget=budget,
+        source = dict(
+            images=images, csv=csv, preset=preset, point_cols=_columns(point_cols),
+            size=_parse_size(size),
         )  # fmt: skip
+        _train("points", out, source, opts)
 
 
 # --- using a model --------------------------------------------------------------------------

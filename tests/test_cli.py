@@ -369,3 +369,25 @@ def test_points_csv_columns(data, tmp_path):
     df.to_csv(tmp_path / "nan.csv", index=False)
     with pytest.raises(CsvDataError, match=r"'y0' .* row 5"):
         points_from_csv(tmp_path / "nan.csv", data / "images")
+
+
+def test_train_commands_share_every_training_flag_and_default():
+    from typer.main import get_command
+
+    train = get_command(app).commands["train"]
+    shared = {
+        "--fname-col": "fname", "--split-col": None, "--valid-pct": None,
+        "--arch": "efficientnet_lite0", "--pretrained": True, "--bs": 64, "--epochs": None,
+        "--budget": None, "--freeze-epochs": 1, "--lr": None, "--workers": None,
+        "--device": None, "--seed": 42, "--resume": False, "--early-stop": None,
+        "--save-best": False,
+    }  # fmt: skip
+    own = {
+        "multilabel": {"--csv": None, "--images": None, "--out": None, "--label-col": "labels",
+                       "--size": 128, "--tune-thresholds": True},
+        "points": {"--images": None, "--out": None, "--csv": None, "--preset": None,
+                   "--point-cols": None, "--size": "240x320"},
+    }  # fmt: skip
+    for name, flags in own.items():
+        params = {p.opts[0]: p.default for p in train.commands[name].params}
+        assert params == {**flags, **shared}, name
