@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from tests.test_docs import load_build_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "src" / "tutorial-multilabel.md"
+BUILD = ROOT / "docs" / "build.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 EXTRA_CELLS = {
     "thumbnail": "im = PILImage.create(path/'train'/df['fname'][0])\nim.to_thumb(160)",
@@ -54,7 +57,16 @@ def notebook(tmp_path_factory):
         if b.kind == "python" and not b.attrs.get("noexec")
     ]
     sources = [b.text for b in blocks] + list(EXTRA_CELLS.values())
-    build.make_quick_data(work / "home" / ".imageblocks" / "data")
+    data = work / "home" / ".imageblocks" / "data"
+    # in a fresh process: the generator forks workers, and a fork of this test process (which
+    # earlier tests left with threads) can block forever on a lock held at the fork
+    code = (
+        "import importlib.util, sys; from pathlib import Path; "
+        f"spec = importlib.util.spec_from_file_location('docs_build', {str(BUILD)!r}); "
+        "m = importlib.util.module_from_spec(spec); sys.modules['docs_build'] = m; "
+        f"spec.loader.exec_module(m); m.make_quick_data(Path({str(data)!r}))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600, cwd=ROOT)
     (work / "pages").mkdir()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
     with pytest.MonkeyPatch.context() as mp:
