@@ -82,3 +82,18 @@ def voc_block(voc: Path, item_tfms) -> tuple[pd.DataFrame, object]:
         item_tfms=item_tfms,
     )
     return df, dblock
+
+
+def noise_voc(root: Path) -> Path:
+    """`root` with 8 noise JPEGs in train/ and a VOC-style train.csv (labels car/cat/dog)."""
+    (root / "train").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        arr = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / "train" / f"{i}.jpg")
+        rows.append((f"{i}.jpg", ["car", "cat dog", "dog", "car cat"][i % 4], i % 4 == 3))
+    pd.DataFrame(rows, columns=["fname", "labels", "is_valid"]).to_csv(
+        root / "train.csv", index=False
+    )
+    return root

@@ -9,11 +9,8 @@ import random
 import resource
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -23,7 +20,7 @@ from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.loading import load_learner
 from imageblocks.learn.model_config import ExportError, validate_config
 from imageblocks.transforms.item import Resize
-from tests.conftest import voc_block
+from tests.conftest import noise_voc, voc_block
 
 ARCH = "mobilenetv3_small_050"  # 1.5 M parameters: quick to build and to load
 
@@ -31,17 +28,7 @@ ARCH = "mobilenetv3_small_050"  # 1.5 M parameters: quick to build and to load
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """A small multi-label export folder and one image to predict."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "train").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(8):
-        arr = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(root / "train" / f"{i}.jpg")
-        rows.append((f"{i}.jpg", ["car", "cat dog", "dog", "car cat"][i % 4], i % 4 == 3))
-    pd.DataFrame(rows, columns=["fname", "labels", "is_valid"]).to_csv(
-        root / "train.csv", index=False
-    )
+    root = noise_voc(tmp_path_factory.mktemp("tiny"))
     df, dblock = voc_block(root, Resize(32))
     learn = vision_learner(dblock.dataloaders(df, bs=4, num_workers=0), ARCH, pretrained=False)
     learn.thresholds = torch.tensor([0.3, 0.5, 0.7])

@@ -9,11 +9,8 @@ import random
 import signal
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from imageblocks.learn import model_folder, onnx_export
 from imageblocks.learn.learner import vision_learner
@@ -23,7 +20,7 @@ from imageblocks.learn.model_folder import digest
 from imageblocks.learn.onnx_export import export_onnx
 from imageblocks.seeding import set_seed
 from imageblocks.transforms.item import Resize
-from tests.conftest import voc_block
+from tests.conftest import noise_voc, voc_block
 
 ARCH = "mobilenetv3_small_050"  # 6.5 MB of weights: many exports a second
 THRESHOLDS = ([0.3, 0.5, 0.7], [0.6, 0.4, 0.2])
@@ -32,17 +29,7 @@ THRESHOLDS = ([0.3, 0.5, 0.7], [0.6, 0.4, 0.2])
 @pytest.fixture(scope="module")
 def learners(tmp_path_factory):
     """Two learners of the same architecture and vocab, with different weights and thresholds."""
-    root = tmp_path_factory.mktemp("pair")
-    (root / "train").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(8):
-        arr = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(root / "train" / f"{i}.jpg")
-        rows.append((f"{i}.jpg", ["car", "cat dog", "dog", "car cat"][i % 4], i % 4 == 3))
-    pd.DataFrame(rows, columns=["fname", "labels", "is_valid"]).to_csv(
-        root / "train.csv", index=False
-    )
+    root = noise_voc(tmp_path_factory.mktemp("pair"))
     df, dblock = voc_block(root, Resize(32))
     out = []
     for seed, thresholds in enumerate(THRESHOLDS):
