@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint docs docs-quick api-docs bench-loader fastai-env clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml runtime/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[serve,onnx,dev]"
+	$(PY) -m pip install -q -e runtime/ -e ".[serve,onnx,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

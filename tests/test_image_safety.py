@@ -292,7 +292,7 @@ def test_check_fails_on_a_csv_with_no_rows(tmp_path):
 
 
 def test_python_dash_m_runs_the_command(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "runtime")])}
     run = [sys.executable, "-m", "imageblocks"]
     helped = subprocess.run([*run, "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert helped.returncode == 0, helped.stderr

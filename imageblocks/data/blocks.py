@@ -8,7 +8,6 @@ answer to "which task is this" for the whole package.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from imageblocks.losses import (
 )
 from imageblocks.transforms.pairs import check_flip_pairs
 from imageblocks.utils import callable_name
+from imageblocks_runtime.tasks import Task
 
 Step = tuple[str, Callable[[Any], Any]]
 
@@ -49,18 +49,6 @@ def split_labels(value: Any) -> list[str]:
     if isinstance(value, str):
         value = value.split()
     return [str(v).strip() for v in value if str(v).strip() != ""]
-
-
-class Task(str, enum.Enum):
-    """What a model trained on a target block does; the values are config.json's `task`."""
-
-    MULTILABEL = "multilabel"
-    CATEGORY = "category"
-    POINTS = "points"
-    REGRESSION = "regression"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class TransformBlock:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import os
 import secrets
 import shutil
@@ -22,17 +21,22 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from imageblocks.learn.model_config import ExportError
-from imageblocks.utils import atomic_write, fsync_dir
+from imageblocks_runtime.config import TEMP_TAG as _TAG
+from imageblocks_runtime.config import ExportError, digest, swap_in_progress
+from imageblocks_runtime.config import temp_folders as _temp_names
+from imageblocks_runtime.utils import atomic_write, fsync_dir
 
-_TAG = ".export-tmp"  # suffix of the hidden folders: `.{name}.{pid}-{random}.export-tmp`
+__all__ = [
+    "clean_stale",
+    "digest",
+    "replace_file",
+    "swap_in_progress",
+    "write_bytes",
+    "write_folder",
+]
+
 _STALE_S = 24 * 3600  # a temporary folder this old is removed even if its pid is alive
 _RENAME_EXCHANGE = 2
-
-
-def digest(data: bytes) -> dict[str, object]:
-    """The sha256 and size of `data`, as `config.json`'s `files` section records them."""
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def write_bytes(file: Path, data: bytes) -> dict[str, object]:
@@ -66,21 +70,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
         return False  # the file system cannot exchange: use the two renames
     raise OSError(err, os.strerror(err), str(b))
-
-
-def _temp_names(path: Path) -> list[Path]:
-    prefix = f".{path.name}."
-    try:
-        return [
-            p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(_TAG)
-        ]
-    except OSError:
-        return []
-
-
-def swap_in_progress(path: Path) -> bool:
-    """Whether an export is being swapped into `path` (a reader should look again shortly)."""
-    return bool(_temp_names(Path(path)))
 
 
 def _alive(pid: int) -> bool:

@@ -1,179 +1,51 @@
 """Item transforms: per-image crops and resizes run in the loader's workers, points follow.
 
-Each transform maps `(image, points, train)` to `(image, points)`: `image` is an RGB PIL image
-(possibly decoded at reduced JPEG scale), `points` an `(n, 2)` float array of (x, y) in the
-image's relative coordinates [-1, 1] (or None). Every geometric step is one PIL `resize` with a
-source `box` (crop and resize in one resample); the points go through the same box mapping.
+The validation geometry (`Resize`, `RandomResizedCrop`'s centre crop, the pad modes,
+`source_region`) is the runtime's (`imageblocks_runtime.preprocess`), so the loaders, `predict`
+and the PyTorch-free runtime run the same code; this module adds what only training does: the
+random box of `RandomResizedCrop` and `FlipItem`. Each transform maps `(image, points, train)` to
+`(image, points)`, `points` an `(n, 2)` float array in the image's relative coordinates [-1, 1].
 """
 
 from __future__ import annotations
 
 import math
 import random
-from enum import Enum
 
-import numpy as np
 from PIL import Image
 
 from imageblocks.transforms.pairs import FlipPairs, check_flip_pairs, pair_permutation
-from imageblocks.utils import parse_size
+from imageblocks_runtime import preprocess
+from imageblocks_runtime.preprocess import (
+    Box,
+    ItemTransform,
+    PadMode,
+    Resize,
+    ResizeMethod,
+    move_points,
+    source_region,
+)
 
-Box = tuple[float, float, float, float]
-
-
-class ResizeMethod(str, Enum):
-    """How `Resize` reaches the target aspect ratio."""
-
-    Crop = "crop"
-    Pad = "pad"
-    Squish = "squish"
-
-
-class PadMode(str, Enum):
-    """How padding pixels are filled."""
-
-    Zeros = "zeros"
-    Border = "border"
-    Reflection = "reflection"
-
-
-def move_points(points: np.ndarray | None, src: tuple[int, int], box: Box) -> np.ndarray | None:
-    """Relative points of a `src` (w, h) image, in the relative frame of the `box` region."""
-    if points is None:
-        return None
-    w, h = src
-    x0, y0, x1, y1 = box
-    px = (points[:, 0] + 1) * (w / 2)
-    py = (points[:, 1] + 1) * (h / 2)
-    out = np.empty_like(points)
-    out[:, 0] = (px - x0) / (x1 - x0) * 2 - 1
-    out[:, 1] = (py - y0) / (y1 - y0) * 2 - 1
-    return out
+__all__ = [
+    "ITEM_TRANSFORMS",
+    "Box",
+    "FlipItem",
+    "ItemTransform",
+    "PadMode",
+    "RandomResizedCrop",
+    "Resize",
+    "ResizeMethod",
+    "item_tfm_from_config",
+    "move_points",
+    "source_region",
+]
 
 
-def _pad_array(
-    arr: np.ndarray, top: int, bottom: int, left: int, right: int, mode: str
-) -> np.ndarray:
-    np_mode = {"zeros": "constant", "border": "edge", "reflection": "reflect"}[mode]
-    pads = ((top, bottom), (left, right), (0, 0))
-    if np_mode == "reflect" and (
-        max(top, bottom) >= arr.shape[0] or max(left, right) >= arr.shape[1]
-    ):
-        np_mode = "symmetric" if min(arr.shape[:2]) > 1 else "edge"
-    return np.pad(arr, pads, mode=np_mode)
-
-
-def _inside(box: Box, w: int, h: int) -> Box:
-    """`box` clamped to the image (float rounding can put an edge at -1e-15, which PIL rejects)."""
-    x0, y0, x1, y1 = box
-    return (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
-
-
-class ItemTransform:
-    """Base class: a callable on `(image, points, train)`; `size` is its output (h, w)."""
-
-    order = 0
-    size: tuple[int, int] | None = None
-
-    def __call__(
-        self, img: Image.Image, points: np.ndarray | None, train: bool
-    ) -> tuple[Image.Image, np.ndarray | None]:
-        raise NotImplementedError
-
-    def _params(self) -> dict:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-    def config(self) -> dict:
-        """A JSON-able description, read back by `item_tfm_from_config` (used by export)."""
-        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self._params().items()}
-        return {"name": type(self).__name__, **params}
-
-    def valid_box(self, w: int, h: int) -> Box:
-        """The region of a (w, h) source image that the validation output shows, in pixels."""
-        return (0.0, 0.0, float(w), float(h))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__} -- {self._params()}"
-
-
-class Resize(ItemTransform):
-    """Resize to `size` by cropping (random on train, centre on valid), padding or squishing."""
-
-    order = 1
-
-    def __init__(
-        self,
-        size: int | tuple[int, int],
-        method: ResizeMethod | str = ResizeMethod.Crop,
-        pad_mode: PadMode | str = PadMode.Reflection,
-        resample: int = Image.BILINEAR,
-    ):
-        self.size = parse_size(size)
-        self.method = ResizeMethod(method).value
-        self.pad_mode = PadMode(pad_mode).value
-        self.resample = resample
-
-    def _crop_box(self, w: int, h: int, fx: float, fy: float) -> Box:
-        out_h, out_w = self.size
-        scale = max(out_w / w, out_h / h)
-        cw, ch = out_w / scale, out_h / scale
-        x0, y0 = (w - cw) * fx, (h - ch) * fy
-        return _inside((x0, y0, x0 + cw, y0 + ch), w, h)
-
-    def _pad_geometry(self, w: int, h: int) -> tuple[int, int, int, int, Box]:
-        out_h, out_w = self.size
-        scale = min(out_w / w, out_h / h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        left, top = (out_w - nw) // 2, (out_h - nh) // 2
-        sx, sy = w / nw, h / nh  # the padded output shows this (virtual) region of the source
-        return nw, nh, left, top, (-left * sx, -top * sy, (out_w - left) * sx, (out_h - top) * sy)
-
-    def valid_box(self, w, h):
-        if self.method == "crop":
-            return self._crop_box(w, h, 0.5, 0.5)
-        if self.method == "pad":
-            return self._pad_geometry(w, h)[4]
-        return (0.0, 0.0, float(w), float(h))
-
-    def __call__(self, img, points, train):
-        w, h = img.size
-        out_h, out_w = self.size
-        if self.method == "squish":
-            box = (0.0, 0.0, float(w), float(h))
-            return img.resize((out_w, out_h), self.resample), move_points(points, (w, h), box)
-        if self.method == "crop":
-            fx, fy = (random.random(), random.random()) if train else (0.5, 0.5)
-            box = self._crop_box(w, h, fx, fy)
-            resized = img.resize((out_w, out_h), self.resample, box=box)
-            return resized, move_points(points, (w, h), box)
-        nw, nh, left, top, box = self._pad_geometry(w, h)
-        arr = np.asarray(img.resize((nw, nh), self.resample))
-        arr = _pad_array(arr, top, out_h - nh - top, left, out_w - nw - left, self.pad_mode)
-        return Image.fromarray(arr), move_points(points, (w, h), box)
-
-
-class RandomResizedCrop(ItemTransform):
+class RandomResizedCrop(preprocess.RandomResizedCrop):
     """A random crop of `min_scale..max_scale` of the area and aspect in `ratio`, resized to `size`.
 
     On validation: the centre of the image (slightly more than `size`, by `val_xtra`), resized.
     """
-
-    order = 1
-
-    def __init__(
-        self,
-        size: int | tuple[int, int],
-        min_scale: float = 0.08,
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        resample: int = Image.BILINEAR,
-        val_xtra: float = 0.14,
-        max_scale: float = 1.0,
-    ):
-        self.size = parse_size(size)
-        self.min_scale, self.max_scale = min_scale, max_scale
-        self.ratio = ratio
-        self.resample = resample
-        self.val_xtra = val_xtra
 
     def _train_box(self, w: int, h: int) -> Box:
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
@@ -187,19 +59,9 @@ class RandomResizedCrop(ItemTransform):
         side = min(w, h)  # fall back to the largest centred square
         return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
 
-    def valid_box(self, w: int, h: int) -> Box:
-        out_h, out_w = self.size
-        # squish to size + xtra, then centre-crop size: the crop is this fraction of each side
-        xtra = math.ceil(max(out_h, out_w) * self.val_xtra / 8) * 8
-        fx, fy = out_w / (out_w + xtra), out_h / (out_h + xtra)
-        cw, ch = w * fx, h * fy
-        return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-
     def __call__(self, img, points, train):
         w, h = img.size
-        box = _inside(self._train_box(w, h) if train else self.valid_box(w, h), w, h)
-        out_h, out_w = self.size
-        return img.resize((out_w, out_h), self.resample, box=box), move_points(points, (w, h), box)
+        return self.crop(img, points, self._train_box(w, h) if train else self.valid_box(w, h))
 
 
 class FlipItem(ItemTransform):
@@ -242,16 +104,3 @@ def item_tfm_from_config(config: dict) -> ItemTransform:
         raise ValueError(f"unknown item transform {name!r}; known: {sorted(ITEM_TRANSFORMS)}")
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     return ITEM_TRANSFORMS[name](**config)
-
-
-def source_region(tfms: list[ItemTransform], w: int, h: int) -> Box:
-    """The region of a (w, h) image that the validation transforms' output shows, in pixels."""
-    x0, y0, x1, y1 = 0.0, 0.0, float(w), float(h)
-    cw, ch = w, h
-    for t in tfms:
-        bx0, by0, bx1, by1 = t.valid_box(cw, ch)
-        sx, sy = (x1 - x0) / cw, (y1 - y0) / ch
-        x0, y0, x1, y1 = x0 + bx0 * sx, y0 + by0 * sy, x0 + bx1 * sx, y0 + by1 * sy
-        if t.size is not None:
-            ch, cw = t.size
-    return (x0, y0, x1, y1)
