@@ -1,10 +1,12 @@
 """Export with no pickle: `config.json` (what the model is and how to feed it) plus
-`model.safetensors` (the weights), written from a learner; `loading.load_learner` reads them back.
+`model.safetensors` (the weights), written from a learner; `loading.load_learner` reads them back;
+and `model.onnx`, the self-contained graph the runtime runs without PyTorch (`onnx_graph`).
 
 The folder is written as a whole (`model_folder.write_folder`): a reader sees the old export or
 the new one, never a mix. `config.json` records the weights' sha256 and size (`files`), and is
 checked field by field (`model_config.validate_config`) before it is written, so an export that
-could not be loaded back is refused. This module knows no `Learner` class: it reads the
+could not be loaded back is refused. A model the ONNX exporter cannot handle is still exported,
+without `model.onnx` (and its `onnx` section), with a warning naming the reason. This module knows no `Learner` class: it reads the
 attributes a learner has (`model`, `dls`, `loss_func`, `thresholds`).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,7 @@ from imageblocks import __version__
 from imageblocks.data.blocks import Task, TransformBlock, task_of
 from imageblocks.learn.model_config import FORMAT, FORMAT_VERSION, ExportError, validate_config
 from imageblocks.learn.model_folder import write_bytes, write_folder
+from imageblocks.learn.onnx_graph import ONNX_NAME, graph_bytes, graph_section
 from imageblocks.transforms.geometry import AffineWarp
 from imageblocks.transforms.item import ItemTransform
 from imageblocks.transforms.normalize import Normalize
@@ -36,6 +40,7 @@ __all__ = [
     "config_bytes",
     "export_learner",
     "learner_config",
+    "onnx_files",
     "replaced_files",
     "weights_bytes",
 ]
@@ -145,16 +150,39 @@ def replaced_files(path: Path) -> set[str]:
     return names
 
 
-def export_learner(learn: Learner, path: str | os.PathLike) -> Path:
-    """Write `config.json` and `model.safetensors` into the folder `path`, as one atomic swap
-    of the folder (its other files stay); a model.onnx of the previous export is dropped."""
+def onnx_files(learn: Learner) -> tuple[dict[str, Any], bytes] | None:
+    """The `onnx` section and bytes of `learn`'s self-contained graph, or None (with a warning
+    naming the reason) when the ONNX exporter cannot handle this model."""
+    try:
+        return graph_section(learn), graph_bytes(learn)
+    except Exception as e:  # an architecture or transform the exporter cannot trace
+        first = (str(e).strip().splitlines() or [""])[0]
+        reason = f"{type(e).__name__}: {first}"
+        warnings.warn(
+            f"{ONNX_NAME} not written ({reason[:300]}): the export loads with load_learner, but "
+            "the runtime (imageblocks-runtime, `imageblocks predict` without PyTorch) cannot "
+            "run it",
+            stacklevel=3,
+        )
+        return None
+
+
+def export_learner(learn: Learner, path: str | os.PathLike, onnx: bool = True) -> Path:
+    """Write `config.json`, `model.safetensors` and (`onnx`) the self-contained `model.onnx`
+    into the folder `path`, as one atomic swap of the folder (its other files stay); the files
+    of the previous export (an old model.int8.onnx) are dropped."""
     path = Path(path)
     config = learner_config(learn)
     config_bytes(config)
     weights = weights_bytes(learn.model)
+    graph = onnx_files(learn) if onnx else None
+    if graph is not None:
+        config["onnx"] = graph[0]
 
     def write(folder: Path) -> None:
         files = {WEIGHTS_NAME: write_bytes(folder / WEIGHTS_NAME, weights)}
+        if graph is not None:
+            files[ONNX_NAME] = write_bytes(folder / ONNX_NAME, graph[1])
         write_bytes(folder / CONFIG_NAME, config_bytes({**config, "files": files}))
 
     write_folder(path, write, replaced_files(path))
