@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from imageblocks_runtime.errors import ImageblocksError
+from imageblocks_runtime.onnx_spec import input_spec, is_self_contained, output_spec
 from imageblocks_runtime.pairs import check_flip_pairs
 from imageblocks_runtime.tasks import Task
 
@@ -271,14 +272,44 @@ def _hex64(v: Any, field: str) -> str:
     return v
 
 
-def _onnx(v: Any, field: str) -> dict:
+def _dim(v: Any, field: str) -> Any:
+    """One axis of the graph's input: a size in pixels or channels, or a named dynamic axis."""
+    return v if v in ("batch", "height", "width") else _int(1, LIMITS.side)(v, field)
+
+
+def _onnx(v: Any, field: str, task: str, n_out: int, n_in: int) -> dict:
+    """The `onnx` section: a self-contained graph's (`onnx_spec`) checked in full; an older
+    export's (float input, raw outputs) only for its file name and opset."""
     if not isinstance(v, dict):
         raise _Invalid(field, "an object", v)
-    if "file" in v:
-        _file_name(v["file"], f"{field}.file")
-    if "opset" in v:
-        _int(1, 1000)(v["opset"], f"{field}.opset")
-    return v
+    if not is_self_contained(v):
+        if "file" in v:
+            _file_name(v["file"], f"{field}.file")
+        if "opset" in v:
+            _int(1, 1000)(v["opset"], f"{field}.opset")
+        return v
+    int8 = {"file": _file_name, "calibration_images": _int(1, 10**9)}
+    shape = _list(_dim, 4, 4, '["batch", height, width, channels]')
+    graph_input = {"name": _str(100), "dtype": _str(16), "layout": _str(16), "shape": shape}
+    spec: dict[str, Check] = {
+        "file": _file_name,
+        "opset": _int(7, 1000),
+        "input": lambda x, f: _fields(x, f, graph_input, tuple(graph_input)),
+        "outputs": lambda x, f: x,  # compared with the task's below
+        "thresholds": _optional(_list(_num(0, 1), n_out, n_out, f"a list of {n_out} numbers")),
+        "int8": lambda x, f: _fields(x, f, int8, tuple(int8)),
+    }
+    out = _fields(v, field, spec, ("file", "opset", "input", "outputs", "thresholds"))
+    h, w = out["input"]["shape"][1:3]
+    expected = input_spec((h, w) if isinstance(h, int) and isinstance(w, int) else None, n_in)
+    if out["input"] != expected:
+        raise _Invalid(f"{field}.input", f"{expected} (with H, W or 'height', 'width')", v["input"])
+    if out["outputs"] != output_spec(task, n_out):
+        raise _Invalid(f"{field}.outputs", f"{output_spec(task, n_out)}", out["outputs"])
+    if (task == "multilabel") != (out["thresholds"] is not None):
+        what = "a list of the per-class thresholds" if task == "multilabel" else "null"
+        raise _Invalid(f"{field}.thresholds", f"{what} for a {task} model", out["thresholds"])
+    return out
 
 
 def _label(v: Any, field: str) -> Any:
@@ -344,7 +375,7 @@ def _check(config: Any) -> None:
     if "files" in config:
         _files(config["files"], "files")
     if "onnx" in config:
-        _onnx(config["onnx"], "onnx")
+        _onnx(config["onnx"], "onnx", task, n_out, n_in)
 
 
 def validate_config(config: Any, where: str | Path = "config.json") -> dict[str, Any]:
