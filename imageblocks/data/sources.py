@@ -11,7 +11,6 @@ bytes or `max_members` members, leaving nothing behind.
 from __future__ import annotations
 
 import functools
-import heapq
 import json
 import os
 import shutil
@@ -28,6 +27,13 @@ from imageblocks.download import CHUNK_SIZE, Checksum, ChecksumError, DownloadEr
 from imageblocks.errors import ImageblocksError
 from imageblocks.lists import L
 from imageblocks.paths import Path, as_path
+from imageblocks_runtime.files import (
+    IMAGE_EXTENSIONS,
+    has_extension,
+    is_file,
+    scan,
+    walk_files,
+)
 
 __all__ = [
     "URLs",
@@ -45,7 +51,7 @@ __all__ = [
 
 DEMO_SCHEME = "imageblocks-demo://"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
-image_extensions = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+image_extensions = IMAGE_EXTENSIONS
 # Extraction limits: well above the largest archive `URLs` names (FOOD: 5.7 GB packed, about 101k
 # files; PASCAL_2007: 1.6 GB; BIWI_HEAD_POSE: 0.45 GB, about 31k files), far below a zip bomb.
 DEFAULT_MAX_BYTES = 64 * 2**30
@@ -341,10 +347,14 @@ def get_files(
     exts = None if extensions is None else {_dotted(e).lower() for e in extensions}
     wanted = None if folders is None else set(folders)
     if recurse:
-        found = _walk_files(str(path), exts, wanted)
+        found = walk_files(str(path), exts, wanted)
     else:
-        found = [e.path for e in _scan(str(path)) if _is_file(e) and _wanted(e.name, exts)]
+        found = [e.path for e in scan(str(path)) if is_file(e) and has_extension(e.name, exts)]
     return L(Path(f) for f in sorted(found))
+
+
+def _dotted(ext: str) -> str:
+    return ext if ext.startswith(".") else f".{ext}"
 
 
 def get_image_files(
@@ -352,75 +362,3 @@ def get_image_files(
 ) -> L:
     """Image files under `path` (by extension, any case), sorted by their full path."""
     return get_files(path, extensions=image_extensions, recurse=recurse, folders=folders)
-
-
-def _walk_files(root: str, exts: set[str] | None, wanted: set[str] | None) -> list[str]:
-    """The wanted files under `root`, each folder walked once however many links reach it.
-
-    The real tree is walked first, then each linked folder's tree in path order, so which path
-    lists a folder reached twice does not depend on the order the file system lists entries in.
-    """
-    seen: set[tuple[int, int]] = set()
-    found: list[str] = []
-    links: list[str] = []  # a heap of links to folders, walked after the real folders
-    pending = [root]
-    while pending or links:
-        top = pending.pop() if pending else heapq.heappop(links)
-        try:
-            st = os.stat(top)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        at_root = top == root
-        keep = (lambda name: name in wanted) if at_root and wanted is not None else _visible
-        top_files = not at_root or wanted is None or "." in wanted  # with `folders`: "." names them
-        for entry in _scan(top):
-            if _is_dir(entry):
-                if not keep(entry.name):
-                    continue
-                if entry.is_symlink():
-                    heapq.heappush(links, entry.path)
-                else:
-                    pending.append(entry.path)
-            elif top_files and _is_file(entry) and _wanted(entry.name, exts):
-                found.append(entry.path)
-    return found
-
-
-def _scan(folder: str) -> list[os.DirEntry]:
-    """A folder's entries; none if it cannot be read (as `os.walk` does)."""
-    try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except OSError:
-        return []
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()  # follows links; False for a broken one
-    except OSError:  # a link loop (ELOOP) or an unreadable target
-        return False
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
-
-
-def _dotted(ext: str) -> str:
-    return ext if ext.startswith(".") else f".{ext}"
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
-def _wanted(fname: str, exts: set[str] | None) -> bool:
-    if exts is None:
-        return True
-    return os.path.splitext(fname)[1].lower() in exts

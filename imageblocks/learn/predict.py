@@ -20,6 +20,21 @@ from imageblocks.learn import distributed
 from imageblocks.learn.inference import one_thread
 from imageblocks.learn.thresholds import decision_thresholds
 from imageblocks.transforms.item import source_region
+from imageblocks_runtime import records
+from imageblocks_runtime.preprocess import to_pixels
+from imageblocks_runtime.records import prediction_line
+
+__all__ = [
+    "activation",
+    "decode_preds",
+    "get_preds",
+    "predict",
+    "predict_batch",
+    "prediction",
+    "prediction_line",
+    "prediction_record",
+    "raw_preds",
+]
 
 if TYPE_CHECKING:
     from imageblocks.learn.learner import Learner
@@ -96,8 +111,8 @@ def prediction(learn: Learner, item: Any, preds: torch.Tensor) -> tuple:
     if task_of(target) is Task.POINTS:
         rel = preds.reshape(-1, 2)
         _, (w, h) = decode_image(item, draft=(1, 1))  # only the full size is needed
-        x0, y0, x1, y1 = source_region(learn.dls.item_tfms, w, h)
-        pix = (rel + 1) / 2 * torch.tensor([x1 - x0, y1 - y0]) + torch.tensor([x0, y0])
+        region = source_region(learn.dls.item_tfms, w, h)
+        pix = torch.from_numpy(to_pixels(rel.float().cpu().numpy(), region))
         return pix, rel, rel
     vocab = getattr(target, "vocab", None)
     decoded = decode_preds(learn, preds[None])[0].cpu()
@@ -109,35 +124,18 @@ def prediction(learn: Learner, item: Any, preds: torch.Tensor) -> tuple:
 
 
 def prediction_record(learn: Learner, result: tuple) -> dict[str, Any]:
-    """One `predict` result as JSON-able values: multi-label `labels` and `probabilities` by
-    class, single label `label` and `probabilities`, points `points` in pixels, else `values`."""
+    """One `predict` result as JSON-able values (`imageblocks_runtime.records`): multi-label
+    `labels` and `probabilities` by class, single label `label` and `probabilities`, points
+    `points` in pixels, else `values`."""
     task = task_of(learn.dls.target_block)
     if task is Task.POINTS:
-        return {"points": result[0].tolist()}
-    vocab = [str(v) for v in learn.dls.vocab] if learn.dls.vocab is not None else None
-    if vocab is None:
-        return {"values": result[2].flatten().tolist()}
-    probabilities = dict(zip(vocab, result[2].tolist()))
-    if task is Task.MULTILABEL:
-        return {"labels": [str(v) for v in result[0]], "probabilities": probabilities}
-    return {"label": str(result[0]), "probabilities": probabilities}
+        return records.prediction_record(task, None, _array(result[0]))
+    return records.prediction_record(task, learn.dls.vocab, _array(result[2]), _array(result[1]))
 
 
-def prediction_line(name: str, record: dict[str, Any]) -> str:
-    """One line of text for a `prediction_record`: `name: labels with probabilities` (or what
-    is most likely when no label passes its threshold), or the points in pixels."""
-    if "points" in record:
-        return f"{name}: " + "; ".join(f"({x:.1f}, {y:.1f})" for x, y in record["points"]) + " px"
-    if "values" in record:
-        return f"{name}: " + ", ".join(f"{v:.4g}" for v in record["values"])
-    probs = record["probabilities"]
-    if "label" in record:
-        return f"{name}: {record['label']} {probs[record['label']]:.2f}"
-    if not record["labels"]:
-        best = max(probs, key=probs.get)
-        return f"{name}: no known object (most likely {best} {probs[best]:.2f})"
-    ranked = sorted(record["labels"], key=lambda c: -probs[c])
-    return f"{name}: " + ", ".join(f"{c} {probs[c]:.2f}" for c in ranked)
+def _array(x: Any) -> Any:
+    """A tensor as a NumPy array (anything else as it is)."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
 
 
 def predict(learn: Learner, item: Any) -> tuple:

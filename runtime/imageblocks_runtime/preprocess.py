@@ -267,11 +267,11 @@ def source_region(tfms: Sequence[ItemTransform], w: int, h: int) -> Box:
 
 
 def to_pixels(points: np.ndarray, region: Box) -> np.ndarray:
-    """Points (n, 2) in [-1, 1] of the transformed image, in pixels of the original image whose
-    `region` (`source_region`) the transformed image shows."""
+    """Points (n, 2) in [-1, 1] of the transformed image, in pixels (float32) of the original
+    image whose `region` (`source_region`) the transformed image shows."""
     x0, y0, x1, y1 = region
-    scale = np.array([x1 - x0, y1 - y0], np.float64)
-    return (np.asarray(points, np.float64).reshape(-1, 2) + 1) / 2 * scale + np.array([x0, y0])
+    pts = np.asarray(points, np.float32).reshape(-1, 2)
+    return (pts + 1) / 2 * np.array([x1 - x0, y1 - y0], np.float32) + np.array([x0, y0], np.float32)
 
 
 def prepare(
