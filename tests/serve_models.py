@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -17,6 +15,7 @@ from PIL import Image
 from imageblocks.data.block import DataBlock
 from imageblocks.data.blocks import ImageBlock, MultiCategoryBlock, PointBlock
 from imageblocks.learn.learner import vision_learner
+from imageblocks.learn.loading import load_learner
 from imageblocks.transforms.item import Resize
 
 VOCAB = ["car", "cat", "dog"]
@@ -66,12 +65,11 @@ def export_points(images: list[Path], out: Path) -> Path:
 
 
 def with_thresholds(model_dir: Path, out: Path, per_class: list[float]) -> Path:
-    """A copy of the export `model_dir` whose config sets these per-class thresholds."""
-    shutil.copytree(model_dir, out)
-    config = json.loads((out / "config.json").read_text())
-    config["thresholds"] = {"global": None, "per_class": per_class}
-    (out / "config.json").write_text(json.dumps(config))
-    return out
+    """The export `model_dir` exported again to `out` with these per-class thresholds (in its
+    config and baked into its model.onnx)."""
+    learn = load_learner(model_dir, "cpu")
+    learn.thresholds = torch.tensor(per_class, dtype=torch.float32)
+    return learn.export(out)
 
 
 def png_declaring(width: int, height: int) -> bytes:

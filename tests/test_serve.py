@@ -244,7 +244,7 @@ def test_internal_errors_are_generic_and_logged(models, caplog):
     def broken(item):
         raise RuntimeError("boom in /home/secret/model.py")
 
-    app.state.learner.predict = broken
+    app.state.model.predict = broken
     with TestClient(app) as c, caplog.at_level(logging.ERROR, logger="imageblocks.serve"):
         r = post(c, models["images"][0].read_bytes())
         assert r.status_code == 500 and "secret" not in r.text and "boom" not in r.text
@@ -254,7 +254,7 @@ def test_internal_errors_are_generic_and_logged(models, caplog):
 
 def test_model_calls_are_bounded_by_max_concurrency(models):
     app = create_app(models["ml"], max_concurrency=2)
-    predict, lock, active = app.state.learner.predict, threading.Lock(), [0, 0]
+    predict, lock, active = app.state.model.predict, threading.Lock(), [0, 0]
 
     def slow(item):
         with lock:
@@ -265,7 +265,7 @@ def test_model_calls_are_bounded_by_max_concurrency(models):
             active[0] -= 1
         return predict(item)
 
-    app.state.learner.predict = slow
+    app.state.model.predict = slow
     data = models["images"][0].read_bytes()
 
     async def burst() -> list[int]:

@@ -182,13 +182,13 @@ def test_headers_of_the_next_request_on_a_kept_connection_have_a_deadline(models
 
 def test_over_the_limit_requests_get_a_readable_503_with_retry_after(models):
     app = create_app(models["ml"], max_requests=2, max_concurrency=1)
-    predict = app.state.learner.predict
+    predict = app.state.model.predict
 
     def slow(item):
         time.sleep(0.3)
         return predict(item)
 
-    app.state.learner.predict = slow
+    app.state.model.predict = slow
     body = multipart(models["images"][0].read_bytes() + bytes(200_000))  # sent before reading
     with running(app) as port, ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: post(port, body), range(16)))

@@ -1,5 +1,6 @@
-"""HTTP service for an exported model: a JSON API (`/predict`, `/info`, `/health`) and one web page."""
+"""The HTTP service, from the runtime (`imageblocks_runtime.serve`), plus what needs PyTorch: the
+class activation maps of `?cam=1` (`cam.learner_cams`)."""
 
-from imageblocks.serve.app import create_app, serve
+from imageblocks_runtime.serve.app import create_app, serve
 
 __all__ = ["create_app", "serve"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imageblocks.errors import ImageblocksError
+from imageblocks_runtime.errors import ImageblocksError
 
 MB = 1024 * 1024
 LINGER_BYTES = 256 * MB  # the most of an unwanted body read (and discarded) to answer readably
