@@ -324,24 +324,69 @@ def check(
 @app.command("export-onnx")
 def export_onnx_cmd(
     model: Path = typer.Argument(..., help="Model folder."),
-    out: Path = typer.Argument(..., help="A .onnx file, or a folder for model.onnx + config.json."),
+    out: Path | None = typer.Argument(
+        None, help="A .onnx file, or a folder for model.onnx + config.json (default: MODEL)."
+    ),
     opset: int = typer.Option(17, help="ONNX opset version."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Also write model.int8.onnx (static int8), calibrated on --images."
+    ),
+    images: Path | None = typer.Option(
+        None, help="Validation images to calibrate --int8 on (with --csv: the folder of its files)."
+    ),
+    csv: Path | None = typer.Option(
+        None, help="Calibrate on this CSV's validation rows (is_valid, else training's 20% split)."
+    ),
+    fname_col: str = FnameColOpt,
 ) -> None:
-    """Export a model to ONNX (normalised image batch in, raw outputs out) with its config.json."""
+    """Write the self-contained ONNX graph (uint8 images in; probabilities and decisions, or
+    points, out) into the model folder, with its config.json; --int8 adds a quantised copy."""
     with _user_errors():
+        if (images is not None or csv is not None) and not int8:
+            raise CliError("--images and --csv choose the images --int8 calibrates on: add --int8")
+        if int8 and images is None:
+            raise CliError(
+                "--int8 needs --images DIR: validation images to calibrate on (a folder, or with "
+                "--csv F the folder of the CSV's files)"
+            )
         from imageblocks.learn.onnx_export import export_onnx
 
         learn = _load(model, "cpu")
-        file = export_onnx(learn, out, opset=opset)
+        calibration = None
+        if int8:
+            from imageblocks.learn.export import learner_config
+            from imageblocks.learn.quantize import calibration_images
+            from imageblocks.recipes.csv_data import validation_files
+
+            files = validation_files(images, csv, fname_col)
+            calibration = calibration_images(learner_config(learn), files)
+        file = export_onnx(learn, out or model, opset=opset, int8=int8, calibration=calibration)
         spec = json.loads((file.parent / "config.json").read_text())["onnx"]
+    typer.echo(f"wrote {file} and {file.parent / 'config.json'}")
+    for line in _graph_lines(spec, file.parent):
+        typer.echo(line)
+
+
+def _graph_lines(spec: dict[str, Any], folder: Path) -> list[str]:
+    """What the graph of an `onnx` section takes and gives, in words."""
     shape = ", ".join(map(str, spec["input"]["shape"]))
-    typer.echo(
-        f"wrote {file} and {file.parent / 'config.json'}\n"
-        f"input '{spec['input']['name']}': float32 ({shape}), RGB in [0, 1] normalised with "
-        f"mean {spec['input']['mean']} std {spec['input']['std']}\n"
-        f"output '{spec['output']['name']}': ({', '.join(map(str, spec['output']['shape']))}), "
-        f"activation to apply: {spec['output']['activation']}"
+    outputs = ", ".join(
+        f"{name} {o['dtype']} ({', '.join(map(str, o['shape']))})"
+        for name, o in spec["outputs"].items()
     )
+    lines = [
+        f"input '{spec['input']['name']}': uint8 ({shape}), RGB images after the validation "
+        "item transforms (resize/crop/pad); normalisation and activation are inside",
+        f"outputs: {outputs}",
+    ]
+    if "int8" in spec:
+        q = spec["int8"]
+        mb = [(folder / f).stat().st_size / 2**20 for f in (q["file"], spec["file"])]
+        lines.append(
+            f"int8: {folder / q['file']} ({mb[0]:.1f} MB against {mb[1]:.1f} MB), calibrated on "
+            f"{q['calibration_images']} images"
+        )
+    return lines
 
 
 @app.command()

@@ -50,6 +50,7 @@ __all__ = [
     "point_columns",
     "points_from_csv",
     "read_csv",
+    "validation_files",
 ]
 
 DEFAULT_SPLIT_COL = "is_valid"
@@ -251,6 +252,27 @@ def check_csv(
     )
     get_path = ImageFromCol(images, fname_col)
     return [(get_path(row), reason) for row, reason in dblock.check(df)]
+
+
+def validation_files(
+    images: str | os.PathLike,
+    csv: str | os.PathLike | None = None,
+    fname_col: str = "fname",
+    split_col: str | None = None,
+    seed: int = 42,
+) -> list[Path]:
+    """The validation images of a dataset: with `csv`, the rows training puts on the
+    validation side (`choose_splitter`: an `is_valid` column, else the seeded 20%), as files
+    of `images`; without, every image under the folder `images`."""
+    if csv is None:
+        if not Path(images).is_dir():
+            raise CsvDataError(f"images folder not found: {images}")
+        return list(get_image_files(images))
+    df = read_csv(csv)
+    require_columns(df, csv, {"file name": fname_col})
+    folder = check_images(df, images, fname_col, csv)
+    _, valid = choose_splitter(df, csv, split_col, seed=seed)(df)
+    return [folder / str(df[fname_col].iloc[i]) for i in valid]
 
 
 def check_folder(images: str | os.PathLike) -> tuple[int, list[tuple[Path, str]]]:
