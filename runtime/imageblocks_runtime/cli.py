@@ -15,6 +15,7 @@ from typing import IO
 
 from imageblocks_runtime import __version__
 from imageblocks_runtime.errors import ArgumentError, ImageblocksError
+from imageblocks_runtime.serve.command import add_serve_arguments, serve_from_args
 
 __all__ = ["build_parser", "main", "predict_command"]
 
@@ -100,6 +101,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP: a web page and a JSON API",
+        description="Serve a model folder over HTTP (needs imageblocks-runtime[serve]).",
+    )
+    add_serve_arguments(p)
+    p.set_defaults(run=serve_from_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser, one sub-command per job."""
     parser = argparse.ArgumentParser(
@@ -109,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(sub)
+    _add_serve(sub)
     return parser
 
 
