@@ -38,6 +38,7 @@ from imageblocks.cli_options import (
 from imageblocks.errors import ImageblocksError
 from imageblocks.runtime import sleep_idle_threads
 from imageblocks.utils import parse_size
+from imageblocks_runtime.serve import command as serve_command
 
 app = typer.Typer(
     help="imageblocks: multi-label classification and key points, the fastai book's way.",
@@ -191,28 +192,75 @@ def _load(model: Path, device: str | None = None) -> Any:
     return load_learner(model, device=device)
 
 
+def _self_contained(model: Path) -> bool:
+    """Whether the folder `model` holds a graph the runtime runs without PyTorch."""
+    from imageblocks_runtime.config import read_config
+    from imageblocks_runtime.onnx_spec import ONNX_NAME, is_self_contained
+
+    try:
+        section = read_config(model).get("onnx")
+    except ImageblocksError:
+        return False  # the PyTorch path explains what is wrong with the folder
+    return is_self_contained(section) and (model / section.get("file", ONNX_NAME)).is_file()
+
+
 @app.command()
 def predict(
     model: Path = typer.Argument(
         ..., help="Model folder written by `imageblocks train` or learn.export()."
     ),
-    images: list[Path] = typer.Argument(..., help="One or more image files."),
+    images: list[Path] = typer.Argument(..., help="Image files, or folders of images."),
+    csv: Path | None = typer.Option(
+        None, "--csv", help="Batch mode: one CSV row per image (labels, probabilities or points)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of lines."),
     thresh: float | None = typer.Option(
         None, help="Multi-label: one threshold for every class instead of the model's own."
     ),
+    int8: bool = typer.Option(False, "--int8", help="Use the quantised model.int8.onnx."),
+    bs: int = typer.Option(64, "--bs", help="Images per batch."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Processes decoding images in batch mode (default: all cores)."
+    ),
     device: str | None = DeviceOpt,
 ) -> None:
-    """Predict images: labels with probabilities, or points in pixels; one line per image."""
+    """Predict images: labels with probabilities, or points in pixels; one line per image.
+
+    A folder with a self-contained model.onnx runs on ONNX Runtime without importing PyTorch
+    (unless --device is given); an older folder runs through PyTorch."""
     with _user_errors():
-        missing = [p for p in images if not p.is_file()]
+        missing = [p for p in images if not p.exists()]
         if missing:
             raise CliError(
                 f"image not found: {missing[0]}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             )
-        from imageblocks.learn.predict import prediction_line, prediction_record
+        if device is None and _self_contained(model):
+            from imageblocks_runtime.cli import predict_command
 
+            status = predict_command(
+                model, images, csv=csv, as_json=as_json, thresh=thresh, int8=int8, bs=bs,
+                workers=workers,
+            )  # fmt: skip
+            if status:
+                raise typer.Exit(status)
+            return
+        if csv is not None or int8:
+            option = "--csv" if csv is not None else "--int8"
+            raise CliError(
+                f"{option} needs the self-contained model.onnx of a current export in {model}: "
+                f"write it with `imageblocks export-onnx {model}`"
+            )
+        if (model / "config.json").is_file():
+            typer.echo(
+                f"note: {model} has no self-contained model.onnx, so PyTorch runs it (slower to "
+                f"start); `imageblocks export-onnx {model}` writes one",
+                err=True,
+            )
+        from imageblocks.learn.predict import prediction_line, prediction_record
+        from imageblocks_runtime.batch import collect_sources
+
+        files = collect_sources(images)
         learn = _load(model, device)
         task = learn.config["task"]
         if thresh is not None:
@@ -221,7 +269,7 @@ def predict(
             if not 0 < thresh < 1:
                 raise CliError(f"--thresh must be between 0 and 1, not {thresh}")
             learn.thresholds = [float(thresh)] * len(learn.dls.vocab)
-        preds = [{"image": str(p), **prediction_record(learn, learn.predict(p))} for p in images]
+        preds = [{"image": str(p), **prediction_record(learn, learn.predict(p))} for p in files]
     if as_json:
         typer.echo(json.dumps(preds, indent=2))
     else:
@@ -392,47 +440,35 @@ def _graph_lines(spec: dict[str, Any], folder: Path) -> list[str]:
 @app.command()
 def serve(
     model: Path = typer.Argument(..., help="Model folder."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    host: str = typer.Option("127.0.0.1", help=serve_command.HOST_HELP),
     port: int = typer.Option(8000, help="Port."),
     allowed_host: list[str] | None = typer.Option(
-        None,
-        "--allowed-host",
-        help="Also answer requests for this Host name (repeatable; '*': any). Loopback allows "
-        "127.0.0.1, localhost, [::1]; 0.0.0.0 allows any name unless some are given.",
+        None, "--allowed-host", help=serve_command.ALLOWED_HOST_HELP
     ),
-    max_upload_mb: float | None = typer.Option(None, help="Largest upload in MB (default 10)."),
-    max_pixels: int | None = typer.Option(
-        None,
-        help="Most pixels decoded per image; JPEGs count at their reduced decode scale "
-        "(default 16000000). Larger: 413 from the header.",
-    ),
-    max_concurrency: int | None = typer.Option(
-        None, help="Predictions running at once (default 4)."
-    ),
-    max_requests: int | None = typer.Option(
-        None,
-        help="Predictions in progress (uploading, waiting, running) (default 64); 503 beyond.",
-    ),
-    body_timeout: float | None = typer.Option(
-        None, help="Seconds for a whole upload to arrive (default 60); 408 after."
-    ),
-    header_timeout: float | None = typer.Option(
-        None, help="Seconds for a request's headers to arrive (default 10); closed after."
+    max_upload_mb: float | None = typer.Option(None, help=serve_command.LIMITS["max_upload_mb"]),
+    max_pixels: int | None = typer.Option(None, help=serve_command.LIMITS["max_pixels"]),
+    max_concurrency: int | None = typer.Option(None, help=serve_command.LIMITS["max_concurrency"]),
+    max_requests: int | None = typer.Option(None, help=serve_command.LIMITS["max_requests"]),
+    body_timeout: float | None = typer.Option(None, help=serve_command.LIMITS["body_timeout"]),
+    header_timeout: float | None = typer.Option(None, help=serve_command.LIMITS["header_timeout"]),
+    int8: bool = typer.Option(False, "--int8", help=serve_command.INT8_HELP),
+    threads: int = typer.Option(1, min=1, help=serve_command.THREADS_HELP),
+    cam: bool = typer.Option(
+        False,
+        "--cam",
+        help="Also answer ?cam=1 with class activation maps (loads the PyTorch model too).",
     ),
 ) -> None:
-    """Serve a model over HTTP: a web page and a JSON API."""
+    """Serve a model over HTTP: a web page and a JSON API, run by ONNX Runtime (PyTorch is
+    imported only for --cam)."""
     with _user_errors():
-        from imageblocks.learn.loading import read_config
-
         if not model.exists():
             raise CliError(f"model folder not found: {model}")
-        read_config(model)
-        try:
-            from imageblocks.serve.app import serve as serve_model
-        except ImportError as e:
-            raise CliError(
-                f"the web service needs its extras ({e.name or e}): pip install 'imageblocks[serve]'"
-            ) from None
+        provider = None
+        if cam:
+            from imageblocks.serve.cam import learner_cams
+
+            provider = learner_cams(model)
         limits = {
             "max_upload_mb": max_upload_mb,
             "max_pixels": max_pixels,
@@ -441,14 +477,10 @@ def serve(
             "body_timeout": body_timeout,
             "header_timeout": header_timeout,
         }
-        typer.echo(f"serving {model} on http://{host}:{port}  (Ctrl+C stops)")
-        serve_model(
-            model,
-            host,
-            port,
-            allowed_hosts=allowed_host or (),
-            **{k: v for k, v in limits.items() if v is not None},
-        )
+        serve_command.run_serve(
+            model, host, port, allowed_host or (), limits, int8=int8, threads=threads,
+            cam=provider, echo=typer.echo, extra_hint="pip install 'imageblocks[serve]'",
+        )  # fmt: skip
 
 
 @app.command()

@@ -155,9 +155,9 @@ class RuntimeModel:
         if thresh is None:
             return None
         if self.task is not Task.MULTILABEL:
-            raise ArgumentError("thresh applies to multi-label models only")
+            raise ArgumentError("thresh (--thresh) applies to multi-label models only")
         if not 0 < thresh < 1:
-            raise ArgumentError(f"thresh must be between 0 and 1, not {thresh}")
+            raise ArgumentError(f"thresh (--thresh) must be between 0 and 1, not {thresh}")
         return np.full(len(self.vocab or ()), thresh, dtype=np.float32)
 
     def records(
