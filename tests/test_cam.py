@@ -21,6 +21,7 @@ from imageblocks.learn.learner import Learner
 from imageblocks.learn.loading import load_learner
 from imageblocks.models.grad_cam import grad_cam
 from imageblocks.serve.app import create_app
+from imageblocks.serve.cam import learner_cams
 from tests.serve_models import export_multilabel, export_points, write_images
 from tests.test_interpret import SIZE, tiny_model, train_colours
 from tests.test_serve_socket import BOUNDARY, multipart, running
@@ -151,7 +152,7 @@ def test_the_service_returns_a_cam_per_predicted_label(served):
     data = served["images"][-1].read_bytes()
     learn = load_learner(served["ml"])
     expected = learn.cam(data)
-    with TestClient(create_app(served["ml"])) as client:
+    with TestClient(create_app(served["ml"], cam=learner_cams(served["ml"]))) as client:
         assert client.get("/info").json()["cam"] is True
         plain = client.post("/predict", files={"file": ("a.png", data, "image/png")}).json()
         assert "cams" not in plain
@@ -173,7 +174,7 @@ def test_the_service_returns_a_cam_per_predicted_label(served):
 
 def test_the_service_refuses_cams_for_points(served):
     data = served["images"][0].read_bytes()
-    with TestClient(create_app(served["pts"])) as client:
+    with TestClient(create_app(served["pts"], cam=learner_cams(served["pts"]))) as client:
         assert client.get("/info").json()["cam"] is False
         r = client.post("/predict?cam=1", files={"file": ("a.jpg", data, "image/jpeg")})
         assert r.status_code == 400 and "classification model" in r.json()["detail"]
@@ -183,7 +184,7 @@ def test_the_service_refuses_cams_for_points(served):
 
 def test_cams_over_a_real_socket(served):
     body = multipart(served["images"][0].read_bytes())
-    with running(create_app(served["ml"])) as port:
+    with running(create_app(served["ml"], cam=learner_cams(served["ml"]))) as port:
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/predict?cam=1",
             data=body,

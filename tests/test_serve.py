@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-import imageblocks.serve.app as serve_app
+import imageblocks_runtime.serve.app as runtime_app
 from imageblocks.cli import app as cli_app
 from imageblocks.learn.loading import load_learner
 from imageblocks.serve.app import MULTIPART_OVERHEAD, create_app, sniff_format
+from imageblocks_runtime.model import RuntimeModel
 from tests.serve_models import (
     VOCAB,
     export_multilabel,
@@ -297,15 +298,17 @@ def test_the_pixel_budget_counts_what_is_really_decoded(models):
 
 def test_the_serve_command_passes_the_limits_on(models, monkeypatch):
     calls = []
-    monkeypatch.setattr(serve_app, "serve", lambda *a, **kw: calls.append((a, kw)))
+    monkeypatch.setattr(runtime_app, "serve", lambda *a, **kw: calls.append((a, kw)))
     args = ["serve", str(models["ml"]), "--host", "0.0.0.0", "--allowed-host", "api.example"]
     args += ["--allowed-host", "box.lan", "--max-pixels", "5000000", "--max-requests", "8"]
     args += ["--body-timeout", "20", "--header-timeout", "3", "--max-upload-mb", "2"]
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, result.output
     ((positional, kw),) = calls
+    assert isinstance(positional[0], RuntimeModel) and positional[0].folder == models["ml"]
     assert positional[1:] == ("0.0.0.0", 8000)
     assert kw == {
+        "cam": None,
         "allowed_hosts": ["api.example", "box.lan"],
         "max_upload_mb": 2.0,
         "max_pixels": 5_000_000,
