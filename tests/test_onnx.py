@@ -1,4 +1,7 @@
-"""ONNX export: onnxruntime gives PyTorch's outputs; config.json tells a consumer how to feed it."""
+"""ONNX export: onnxruntime gives PyTorch's outputs; config.json tells a consumer how to feed it.
+
+The graph is self-contained (uint8 item-transformed images in, activated outputs out); the
+runtime's parity with learn.predict is tests/test_onnx_graph.py."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.loading import load_learner
 from imageblocks.learn.model_config import ExportError
 from imageblocks.learn.onnx_export import export_onnx, input_size
+from imageblocks.learn.predict import activation
 from imageblocks.transforms.batch import aug_transforms
 from imageblocks.transforms.item import Resize
 from imageblocks.transforms.normalize import Normalize
@@ -28,17 +32,20 @@ def _session(file):
 
 
 def _check_same_outputs(learn, file, images) -> None:
-    """onnxruntime == PyTorch (1e-4) on real, normalised images, for batches of 1 and 3."""
+    """onnxruntime on the uint8 item-transformed images == PyTorch's activated outputs on the
+    loader's batches (1e-4), for batches of 1 and 3."""
     session = _session(file)
     learn.model.eval()
     for n in (1, 3):
-        (xb,) = next(iter(learn.dls.test_dl(images[:n], bs=n)))[:1]
+        dl = learn.dls.test_dl(images[:n], bs=n)
+        (xb,) = next(iter(dl))[:1]
         assert xb.shape[0] == n
         with torch.no_grad():
-            expected = learn.model(xb).float().cpu().numpy()
-        (got,) = session.run(None, {"image": xb.cpu().numpy()})
-        assert got.shape == expected.shape
-        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+            expected = activation(learn.loss_func)(learn.model(xb)).float().cpu().numpy()
+        images_u8 = np.stack([dl.dataset[i][0] for i in range(n)])
+        got = session.run(None, {"image": images_u8})[0]
+        assert got.shape[0] == n
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=1e-4, rtol=0)
 
 
 @pytest.fixture
@@ -66,16 +73,17 @@ def test_multilabel_onnx_matches_pytorch(multilabel, tmp_path):
     spec = config["onnx"]
     assert config["task"] == "multilabel" and config["vocab"] == list(learn.dls.vocab)
     assert spec["file"] == "model.onnx" and spec["opset"] == 17
-    assert spec["input"]["shape"] == ["batch", 3, 40, 56]
-    assert spec["input"]["mean"] == pytest.approx([0.5, 0.4, 0.3])
-    assert spec["input"]["std"] == pytest.approx([0.2, 0.25, 0.3])
-    assert spec["output"] == {
-        **spec["output"],
-        "shape": ["batch", len(learn.dls.vocab)],
-        "activation": "sigmoid",
+    assert spec["input"] == {
+        "name": "image", "dtype": "uint8", "layout": "NHWC", "shape": ["batch", 40, 56, 3],
+    }  # fmt: skip
+    n = len(learn.dls.vocab)
+    assert spec["outputs"] == {
+        "probabilities": {"dtype": "float32", "shape": ["batch", n]},
+        "decisions": {"dtype": "bool", "shape": ["batch", n]},
     }
+    assert spec["thresholds"] == [0.5] * n
     session = _session(file)
-    assert session.get_inputs()[0].shape[0] == "batch"
+    assert session.get_inputs()[0].shape == ["batch", 40, 56, 3]
 
 
 def test_efficientnet_lite0_exports_with_tf_padding(voc, tmp_path):
@@ -114,8 +122,9 @@ def test_points_onnx_reads_size_from_the_batch_resize(biwi, tmp_path):
     ]
     _check_same_outputs(learn, file, get_image_files(biwi))
     spec = json.loads((folder / "config.json").read_text())["onnx"]
-    assert spec["input"]["shape"] == ["batch", 3, 48, 64] and spec["output"]["activation"] == "none"
-    assert spec["output"]["shape"] == ["batch", 2]
+    # no item resize: the graph takes the decoded image as it is and resizes it itself
+    assert spec["input"]["shape"] == ["batch", "height", "width", 3]
+    assert spec["outputs"] == {"points": {"dtype": "float32", "shape": ["batch", 1, 2]}}
     loaded = load_learner(folder)
     f = get_image_files(biwi)[0]
     assert torch.allclose(loaded.predict(f)[0], learn.predict(f)[0], atol=1e-4)
@@ -133,7 +142,7 @@ def test_export_from_a_loaded_model_and_clear_errors(multilabel, tmp_path):
         export_onnx(learn, tmp_path / "busy")
 
 
-def test_unknown_input_size_is_a_clear_error(voc, tmp_path):
+def test_no_fixed_size_exports_a_graph_of_any_size(voc, tmp_path):
     df = pd.read_csv(voc / "train.csv")
     dblock = DataBlock(
         blocks=(ImageBlock, MultiCategoryBlock),
@@ -141,12 +150,16 @@ def test_unknown_input_size_is_a_clear_error(voc, tmp_path):
         get_y=lambda r: r["labels"].split(" "),
     )
     learn = vision_learner(dblock.dataloaders(df, num_workers=0), "resnet18", pretrained=False)
-    with pytest.raises(ExportError, match="input size"):
-        export_onnx(learn, tmp_path / "nosize")
-    file = export_onnx(learn, tmp_path / "sized", size=(32, 48))
-    assert json.loads((file.parent / "config.json").read_text())["onnx"]["input"]["shape"] == [
-        "batch",
-        3,
-        32,
-        48,
-    ]
+    assert input_size(learn) is None
+    file = export_onnx(learn, tmp_path / "sized", size=(32, 48))  # traced at 32 x 48
+    spec = json.loads((file.parent / "config.json").read_text())["onnx"]
+    assert spec["input"]["shape"] == ["batch", "height", "width", 3]
+    session = _session(file)
+    learn.model.eval()
+    for h, w in ((32, 48), (40, 40)):
+        x = np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        xb = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            expected = torch.sigmoid(learn.model(xb)).numpy()
+        got = session.run(["probabilities"], {"image": x})[0]
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
