@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from imageblocks.learn import model_folder, onnx_export
+from imageblocks.learn import export, model_folder, onnx_export
 from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.loading import load_learner, read_export
 from imageblocks.learn.model_config import ExportError
@@ -38,6 +38,19 @@ def learners(tmp_path_factory):
         learn.thresholds = torch.tensor(thresholds)
         out.append(learn)
     return out
+
+
+@pytest.fixture(scope="module")
+def graphs(learners) -> dict[int, bytes]:
+    """Each learner's model.onnx, traced once: the exports below rewrite it, not re-trace it."""
+    return {id(learn): onnx_export.graph_bytes(learn) for learn in learners}
+
+
+@pytest.fixture(autouse=True)
+def _traced_once(graphs, monkeypatch):
+    """Exports write the learners' graphs traced once (many exports a second, as before)."""
+    for module in (export, onnx_export):
+        monkeypatch.setattr(module, "graph_bytes", lambda learn, *args: graphs[id(learn)])
 
 
 def _which(folder, learners, check_files: bool = True) -> int:
@@ -118,7 +131,9 @@ def test_interrupted_re_exports_leave_the_old_or_the_new_model(learners, tmp_pat
     assert unwound >= 5 and hung <= 5, (unwound, hung)  # most Ctrl-Cs unwound cleanly
     learners[1].export(folder)  # the next export removes what the killed ones left
     assert not _temps(tmp_path) and _which(folder, learners) == 1
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "model.onnx", "model.safetensors",
+    ]  # fmt: skip
     loaded = load_learner(folder)
     assert torch.equal(loaded.thresholds, learners[1].thresholds)
 
@@ -146,12 +161,8 @@ def _interrupt_after(monkeypatch, step: int) -> list[str]:
 
 
 def test_an_interrupt_at_any_step_of_an_onnx_re_export_keeps_one_whole_export(
-    learners, tmp_path, monkeypatch
+    learners, graphs, tmp_path, monkeypatch
 ):
-    graphs = {
-        id(learn): onnx_export._onnx_bytes(learn, (32, 32), 3, 17, False) for learn in learners
-    }
-    monkeypatch.setattr(onnx_export, "_onnx_bytes", lambda learn, *args: graphs[id(learn)])
     folder = tmp_path / "model"
     learners[0].export(folder)
     export_onnx(learners[0], folder)
@@ -213,7 +224,7 @@ def test_a_mismatched_pair_is_refused_naming_both_files(learners, tmp_path):
     assert load_learner(a).config["task"] == "multilabel"
 
 
-def test_re_export_keeps_other_files_and_drops_the_old_onnx(learners, tmp_path):
+def test_re_export_keeps_other_files_and_replaces_the_old_onnx(learners, graphs, tmp_path):
     folder = tmp_path / "model"
     learners[0].export(folder)
     export_onnx(learners[0], folder, size=(32, 32), check=False)
@@ -225,8 +236,9 @@ def test_re_export_keeps_other_files_and_drops_the_old_onnx(learners, tmp_path):
     inode = (folder / "metrics.json").stat().st_ino
     learners[1].export(folder)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "latest", "metrics.json", "model.safetensors", "plots",
+        "config.json", "latest", "metrics.json", "model.onnx", "model.safetensors", "plots",
     ]  # fmt: skip
+    assert (folder / "model.onnx").read_bytes() == graphs[id(learners[1])]
     assert (folder / "metrics.json").stat().st_ino == inode  # hard-linked, not copied
     assert (folder / "plots" / "loss.png").read_bytes() == b"png"
     assert (folder / "latest").read_text() == '{"mAP": 0.5}'
