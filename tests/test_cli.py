@@ -204,13 +204,18 @@ def test_export_onnx_command(multilabel_model, data, tmp_path):
     result = invoke("export-onnx", out, tmp_path / "onnx")
     assert result.exit_code == 0, result.output
     file = tmp_path / "onnx" / "model.onnx"
-    assert file.is_file() and "batch, 3, 32, 32" in result.stdout
+    assert file.is_file() and "uint8 (batch, 32, 32, 3)" in result.stdout
+    assert "probabilities float32 (batch, " in result.stdout
     learn = load_learner(out)
-    (xb,) = next(iter(learn.dls.test_dl([data / "images" / "005.png"])))[:1]
+    dl = learn.dls.test_dl([data / "images" / "005.png"])
+    (xb,) = next(iter(dl))[:1]
     with torch.no_grad():
-        expected = learn.model.eval()(xb).numpy()
+        expected = torch.sigmoid(learn.model.eval()(xb)).numpy()
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(None, {"image": xb.numpy()})[0], expected, atol=1e-4)
+    got = session.run(["probabilities"], {"image": dl.dataset[0][0][None]})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert invoke("export-onnx", out).exit_code == 0  # into the model folder itself
+    assert json.loads((out / "config.json").read_text())["onnx"]["file"] == "model.onnx"
 
 
 def test_check_lists_unreadable_images(data, tmp_path):
