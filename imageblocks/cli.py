@@ -18,14 +18,19 @@ import typer
 
 from imageblocks.cli_options import (
     ArchOpt,
+    BatchCsvOpt,
     BsOpt,
     CsvOpt,
+    DecodeWorkersOpt,
     DeviceOpt,
     FnameColOpt,
+    ImagesArg,
     ImagesOpt,
+    Int8Opt,
     LabelColOpt,
     OutOpt,
     PointColsOpt,
+    PredictBsOpt,
     PresetOpt,
     PretrainedOpt,
     SeedOpt,
@@ -192,36 +197,20 @@ def _load(model: Path, device: str | None = None) -> Any:
     return load_learner(model, device=device)
 
 
-def _self_contained(model: Path) -> bool:
-    """Whether the folder `model` holds a graph the runtime runs without PyTorch."""
-    from imageblocks_runtime.config import read_config
-    from imageblocks_runtime.onnx_spec import ONNX_NAME, is_self_contained
-
-    try:
-        section = read_config(model).get("onnx")
-    except ImageblocksError:
-        return False  # the PyTorch path explains what is wrong with the folder
-    return is_self_contained(section) and (model / section.get("file", ONNX_NAME)).is_file()
-
-
 @app.command()
 def predict(
     model: Path = typer.Argument(
         ..., help="Model folder written by `imageblocks train` or learn.export()."
     ),
-    images: list[Path] = typer.Argument(..., help="Image files, or folders of images."),
-    csv: Path | None = typer.Option(
-        None, "--csv", help="Batch mode: one CSV row per image (labels, probabilities or points)."
-    ),
+    images: list[Path] = ImagesArg,
+    csv: Path | None = BatchCsvOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of lines."),
     thresh: float | None = typer.Option(
         None, help="Multi-label: one threshold for every class instead of the model's own."
     ),
-    int8: bool = typer.Option(False, "--int8", help="Use the quantised model.int8.onnx."),
-    bs: int = typer.Option(64, "--bs", help="Images per batch."),
-    workers: int | None = typer.Option(
-        None, "--workers", help="Processes decoding images in batch mode (default: all cores)."
-    ),
+    int8: bool = Int8Opt,
+    bs: int = PredictBsOpt,
+    workers: int | None = DecodeWorkersOpt,
     device: str | None = DeviceOpt,
 ) -> None:
     """Predict images: labels with probabilities, or points in pixels; one line per image.
@@ -235,7 +224,9 @@ def predict(
                 f"image not found: {missing[0]}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             )
-        if device is None and _self_contained(model):
+        from imageblocks_runtime.model import self_contained
+
+        if device is None and self_contained(model):
             from imageblocks_runtime.cli import predict_command
 
             status = predict_command(
@@ -245,31 +236,15 @@ def predict(
             if status:
                 raise typer.Exit(status)
             return
+        hint = f"`imageblocks export-onnx {model}` writes a self-contained model.onnx"
         if csv is not None or int8:
-            option = "--csv" if csv is not None else "--int8"
-            raise CliError(
-                f"{option} needs the self-contained model.onnx of a current export in {model}: "
-                f"write it with `imageblocks export-onnx {model}`"
-            )
+            raise CliError(f"{'--csv' if csv else '--int8'} needs a current export: {hint}")
         if (model / "config.json").is_file():
-            typer.echo(
-                f"note: {model} has no self-contained model.onnx, so PyTorch runs it (slower to "
-                f"start); `imageblocks export-onnx {model}` writes one",
-                err=True,
-            )
-        from imageblocks.learn.predict import prediction_line, prediction_record
+            typer.echo(f"note: {model} runs through PyTorch (slower to start); {hint}", err=True)
+        from imageblocks.learn.predict import prediction_line, prediction_records
         from imageblocks_runtime.batch import collect_sources
 
-        files = collect_sources(images)
-        learn = _load(model, device)
-        task = learn.config["task"]
-        if thresh is not None:
-            if task != "multilabel":
-                raise CliError("--thresh applies to multi-label models only")
-            if not 0 < thresh < 1:
-                raise CliError(f"--thresh must be between 0 and 1, not {thresh}")
-            learn.thresholds = [float(thresh)] * len(learn.dls.vocab)
-        preds = [{"image": str(p), **prediction_record(learn, learn.predict(p))} for p in files]
+        preds = prediction_records(_load(model, device), collect_sources(images), thresh)
     if as_json:
         typer.echo(json.dumps(preds, indent=2))
     else:

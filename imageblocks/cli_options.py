@@ -54,6 +54,16 @@ PresetOpt = typer.Option(
 PointColsOpt = typer.Option(
     None, help="Point columns, comma-separated (default: x,y or x0,y0,x1,y1,...)."
 )
+# predict
+ImagesArg = typer.Argument(..., help="Image files, or folders of images.")
+BatchCsvOpt = typer.Option(
+    None, "--csv", help="Batch mode: one CSV row per image (labels, probabilities or points)."
+)
+Int8Opt = typer.Option(False, "--int8", help="Use the quantised model.int8.onnx.")
+PredictBsOpt = typer.Option(64, "--bs", help="Images per batch.")
+DecodeWorkersOpt = typer.Option(
+    None, "--workers", help="Processes decoding images in batch mode (default: all cores)."
+)
 
 
 @dataclass(frozen=True)

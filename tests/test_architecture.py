@@ -1,4 +1,5 @@
-"""The package's shape: layers point down, no import cycles, no oversized modules.
+"""The packages' shape: layers point down, no import cycles, no oversized modules; the runtime
+(runtime/imageblocks_runtime) imports nothing of imageblocks nor of the training libraries.
 
 Imports are read from the source with `ast` (module level and inside functions, `TYPE_CHECKING`
 blocks excepted: they never run), so a cycle hidden in a function body is found too.
@@ -11,16 +12,24 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "imageblocks"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "imageblocks"
+RUNTIME = REPO / "runtime" / "imageblocks_runtime"
 MAX_LINES = 500
+# what a deployment without PyTorch lacks: the runtime never imports these
+HEAVY = {"torch", "torchvision", "timm", "pandas", "matplotlib", "imageblocks"}
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def _module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+MODULES = {
+    _module_name(p, package): p
+    for package in (PACKAGE, RUNTIME)
+    for p in sorted(package.rglob("*.py"))
+}
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -84,10 +93,17 @@ def _layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-def test_the_scan_sees_the_package():
+def _main(module: str) -> bool:
+    """Whether `module` is in the training package (not the runtime)."""
+    return module.split(".")[0] == "imageblocks"
+
+
+def test_the_scan_sees_the_packages():
     assert "imageblocks.learn.learner" in GRAPH
     assert "imageblocks.data.block" in GRAPH
+    assert "imageblocks_runtime.model" in GRAPH and "imageblocks_runtime.preprocess" in GRAPH
     assert any(GRAPH.values())
+    assert "imageblocks_runtime.preprocess" in GRAPH["imageblocks.transforms.item"]
 
 
 def test_no_import_cycle():
@@ -123,9 +139,9 @@ def test_layers_point_down(lower, forbidden):
     bad = sorted(
         f"{m} imports {t}"
         for m, targets in GRAPH.items()
-        if _layer(m) == lower
+        if _main(m) and _layer(m) == lower
         for t in targets
-        if _layer(t) in forbidden
+        if _main(t) and _layer(t) in forbidden
     )
     assert not bad, "\n".join(bad)
 
@@ -135,10 +151,51 @@ def test_only_the_cli_and_the_service_import_them():
         f"{m} imports {t}"
         for m, targets in GRAPH.items()
         for t in targets
-        if (t == "imageblocks.cli" or _layer(t) == "serve")
-        and m not in ("imageblocks.cli", "imageblocks.__main__")
+        if (_layer(t) == "cli" or _layer(t) == "serve")
+        and m not in ("imageblocks.cli", "imageblocks.__main__", "imageblocks_runtime.cli")
         and _layer(m) != "serve"
     )
+    assert not bad, "\n".join(bad)
+
+
+def _external_roots(path: Path) -> set[str]:
+    """The top-level name of every absolute import in `path`, function bodies included."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            roots.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_the_runtime_imports_neither_imageblocks_nor_the_training_libraries():
+    bad = sorted(
+        f"{m} imports {', '.join(sorted(_external_roots(p) & HEAVY))}"
+        for m, p in MODULES.items()
+        if not _main(m) and _external_roots(p) & HEAVY
+    )
+    assert not bad, "\n".join(bad)
+    assert not [
+        f"{m} imports {t}" for m, ts in GRAPH.items() if not _main(m) for t in ts if _main(t)
+    ]
+
+
+RUNTIME_TOP = {"model", "batch", "cli", "serve"}  # the layers that run a model
+
+
+def test_the_runtime_layers_point_down():
+    """Decoding, pre-processing, the config and the records know no model, batch, CLI or HTTP;
+    the model knows no batch, CLI or HTTP."""
+    bad = []
+    for m, targets in GRAPH.items():
+        if _main(m):
+            continue
+        for t in targets:
+            lower_reaches_up = _layer(m) not in RUNTIME_TOP and _layer(t) in RUNTIME_TOP
+            model_reaches_up = _layer(m) == "model" and _layer(t) in RUNTIME_TOP - {"model"}
+            if lower_reaches_up or model_reaches_up:
+                bad.append(f"{m} imports {t}")
     assert not bad, "\n".join(bad)
 
 
@@ -164,5 +221,11 @@ def test_no_function_local_import_of_the_package():
                     a.name.startswith("imageblocks") for a in node.names
                 ):
                     bad.append(f"{m}:{node.lineno} import")
-    allowed = {m for m in bad if m.startswith("imageblocks.cli:")}
+    # the entry points load what a command needs when it runs (the service's optional extras)
+    entry_points = (
+        "imageblocks.cli:",
+        "imageblocks_runtime.cli:",
+        "imageblocks_runtime.serve.command:",
+    )
+    allowed = {m for m in bad if m.startswith(entry_points)}
     assert not [b for b in bad if b not in allowed], "\n".join(b for b in bad if b not in allowed)

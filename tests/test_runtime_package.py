@@ -238,7 +238,7 @@ def test_an_old_folder_predicts_through_pytorch_with_a_note(models, tmp_path):
     f = sorted(models["images"].iterdir())[0]
     result = CliRunner().invoke(app, ["predict", str(old), str(f), "--json"])
     assert result.exit_code == 0, result.output
-    assert "no self-contained model.onnx" in result.stderr and "export-onnx" in result.stderr
+    assert "runs through PyTorch" in result.stderr and "export-onnx" in result.stderr
     assert (
         json.loads(result.stdout)[0]["labels"]
         == _torch_path(models["multilabel"], [f])[0]["labels"]

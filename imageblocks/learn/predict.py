@@ -15,6 +15,7 @@ import torch
 
 from imageblocks.data.blocks import Task, task_of
 from imageblocks.data.loaders import DataLoader, collate
+from imageblocks.errors import ArgumentError
 from imageblocks.image import decode_image
 from imageblocks.learn import distributed
 from imageblocks.learn.inference import one_thread
@@ -33,6 +34,7 @@ __all__ = [
     "prediction",
     "prediction_line",
     "prediction_record",
+    "prediction_records",
     "raw_preds",
 ]
 
@@ -136,6 +138,20 @@ def prediction_record(learn: Learner, result: tuple) -> dict[str, Any]:
 def _array(x: Any) -> Any:
     """A tensor as a NumPy array (anything else as it is)."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def prediction_records(
+    learn: Learner, items: Sequence[Any], thresh: float | None = None
+) -> list[dict[str, Any]]:
+    """`{"image": item, **prediction_record}` of each item (the CLI's PyTorch path); `thresh`:
+    one multi-label threshold for every class instead of the model's own."""
+    if thresh is not None:
+        if task_of(learn.dls.target_block) is not Task.MULTILABEL:
+            raise ArgumentError("--thresh applies to multi-label models only")
+        if not 0 < thresh < 1:
+            raise ArgumentError(f"--thresh must be between 0 and 1, not {thresh}")
+        learn.thresholds = [float(thresh)] * len(learn.dls.vocab)
+    return [{"image": str(p), **prediction_record(learn, learn.predict(p))} for p in items]
 
 
 def predict(learn: Learner, item: Any) -> tuple:

@@ -36,7 +36,7 @@ from imageblocks_runtime.preprocess import (
 from imageblocks_runtime.records import prediction_record
 from imageblocks_runtime.tasks import Task
 
-__all__ = ["RuntimeModel"]
+__all__ = ["RuntimeModel", "self_contained"]
 
 REEXPORT = "re-export it with learn.export() or `imageblocks export-onnx MODEL`"
 _READ_ATTEMPTS = 5  # a folder met half-way through an export's swap is read again
@@ -77,6 +77,18 @@ def _read_folder(folder: Path, int8: bool) -> tuple[dict[str, Any], bytes, Path]
         raise ExportError(f"cannot read {file} ({e.strerror or e}); {REEXPORT}") from None
     check_file(data, file, (config.get("files") or {}).get(name))
     return config, data, file
+
+
+def self_contained(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a model folder whose graph `RuntimeModel` runs (a current export)."""
+    folder = Path(folder)
+    try:
+        section = parse_config(folder / CONFIG_NAME).get("onnx")
+    except ExportError:
+        return False
+    if not onnx_spec.is_self_contained(section):
+        return False
+    return (folder / section.get("file", onnx_spec.ONNX_NAME)).is_file()
 
 
 def _session(data: bytes, threads: int | None) -> Any:
