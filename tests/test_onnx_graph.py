@@ -298,3 +298,16 @@ def test_blob_points_stay_within_a_twentieth_of_a_pixel_at_full_size(tmp_path):
     for f in [tmp_path / f"{i}.jpg" for i in range(6)]:
         expected = prediction_record(learn, learn.predict(f))["points"]
         np.testing.assert_allclose(model.predict(f)["points"], expected, atol=0.05, rtol=0)
+
+
+def test_export_leaves_the_learner_as_it_was(dataset, tmp_path):
+    """The graph is traced from the learner's own modules: their modes and weights stay."""
+    root, df = dataset
+    learn = _tiny(root, df, "multilabel")
+    learn.model.train()
+    learn.model[0].eval()  # a frozen body's modes, say
+    modes = [m.training for m in learn.model.modules()]
+    state = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    learn.export(tmp_path / "m")
+    assert [m.training for m in learn.model.modules()] == modes
+    assert all(torch.equal(state[k], v) for k, v in learn.model.state_dict().items())
