@@ -226,7 +226,8 @@ def predict(
             )
         from imageblocks_runtime.model import self_contained
 
-        if device is None and self_contained(model):
+        contained = self_contained(model)
+        if device is None and contained:
             from imageblocks_runtime.cli import predict_command
 
             status = predict_command(
@@ -238,8 +239,10 @@ def predict(
             return
         hint = f"`imageblocks export-onnx {model}` writes a self-contained model.onnx"
         if csv is not None or int8:
-            raise CliError(f"{'--csv' if csv else '--int8'} needs a current export: {hint}")
-        if (model / "config.json").is_file():
+            option = "--csv" if csv is not None else "--int8"
+            fix = "leave out --device" if contained else hint
+            raise CliError(f"{option} runs on ONNX Runtime, not PyTorch: {fix}")
+        if not contained and (model / "config.json").is_file():
             typer.echo(f"note: {model} runs through PyTorch (slower to start); {hint}", err=True)
         from imageblocks.learn.predict import prediction_line, prediction_records
         from imageblocks_runtime.batch import collect_sources
