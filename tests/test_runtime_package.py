@@ -268,3 +268,23 @@ def test_runtime_model_refuses_a_graph_that_is_not_the_one_config_json_describes
         RuntimeModel.load(folder)
     with pytest.raises(ExportError, match="no int8 model"):
         RuntimeModel.load(models["multilabel"], int8=True)
+
+
+def test_predict_int8_runs_the_quantised_graph_without_torch(models, tmp_path):
+    folder = tmp_path / "q"
+    folder.mkdir()
+    for f in models["multilabel"].iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    args = ["export-onnx", str(folder), "--int8", "--images", str(models["images"])]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    images = sorted(models["images"].iterdir())[:3]
+    done, probe = _run(tmp_path, "imageblocks.cli", "predict", folder, *images, "--json", "--int8")
+    assert probe == {"code": 0, "loaded": []}, done.stderr
+    quantised, full = json.loads(done.stdout), RuntimeModel.load(folder).predict_many(images)
+    assert RuntimeModel.load(folder, int8=True).file.name == "model.int8.onnx"
+    for q, f in zip(quantised, full):
+        assert list(q["probabilities"]) == list(f["probabilities"])
+        assert list(q["probabilities"].values()) == pytest.approx(
+            list(f["probabilities"].values()), abs=0.1
+        )
