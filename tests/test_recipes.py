@@ -33,15 +33,17 @@ def exported(tmp_path_factory) -> dict:
 
 
 def _variant(exported: dict, name: str, edit) -> object:
-    """A copy of the export whose config.json `edit` changes."""
+    """A copy of the export whose config.json `edit` changes, exported again from it (so its
+    model.onnx holds the edited thresholds too)."""
     src, out = exported["model"], exported["root"] / name
     out.mkdir()
     for f in src.iterdir():
         (out / f.name).write_bytes(f.read_bytes())
     config = json.loads((out / "config.json").read_text())
     edit(config, _probs(exported))
+    config.pop("onnx")  # the graph of the unedited model: the export below writes the new one
     (out / "config.json").write_text(json.dumps(config))
-    return out
+    return load_learner(out).export(out)
 
 
 def _probs(exported: dict) -> list[float]:
