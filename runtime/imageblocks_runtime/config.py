@@ -10,6 +10,7 @@ imageblocks trains; `Limits` lists them.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import math
@@ -312,6 +313,19 @@ def _onnx(v: Any, field: str, task: str, n_out: int, n_in: int) -> dict:
     return out
 
 
+def _same_thresholds(section: dict, thresholds: Any) -> None:
+    """The thresholds a multi-label graph bakes in are the config's (to float32): a hand-edited
+    config.json would otherwise decide one way in PyTorch and another in the runtime."""
+    baked = section.get("thresholds") if is_self_contained(section) else None
+    if baked is None or not isinstance(thresholds, dict):
+        return
+    ours = thresholds.get("per_class") or [thresholds.get("global")] * len(baked)
+    if None in ours or array.array("f", ours) != array.array("f", baked):
+        raise _Invalid(
+            "onnx.thresholds", "the config's thresholds (re-export to change them)", baked
+        )
+
+
 def _label(v: Any, field: str) -> Any:
     if isinstance(v, str) and len(v) <= LIMITS.label_chars:
         return v
@@ -375,7 +389,7 @@ def _check(config: Any) -> None:
     if "files" in config:
         _files(config["files"], "files")
     if "onnx" in config:
-        _onnx(config["onnx"], "onnx", task, n_out, n_in)
+        _same_thresholds(_onnx(config["onnx"], "onnx", task, n_out, n_in), thresholds)
 
 
 def validate_config(config: Any, where: str | Path = "config.json") -> dict[str, Any]:
