@@ -30,7 +30,7 @@ from imageblocks.data.splitters import ColSplitter
 from imageblocks.learn import export as export_module
 from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.loading import load_learner
-from imageblocks.learn.model_config import validate_config
+from imageblocks.learn.model_config import ExportError, validate_config
 from imageblocks.learn.onnx_export import export_onnx
 from imageblocks.learn.predict import prediction_record
 from imageblocks.paths import Path
@@ -311,3 +311,14 @@ def test_export_leaves_the_learner_as_it_was(dataset, tmp_path):
     learn.export(tmp_path / "m")
     assert [m.training for m in learn.model.modules()] == modes
     assert all(torch.equal(state[k], v) for k, v in learn.model.state_dict().items())
+
+
+def test_thresholds_edited_by_hand_are_refused_not_ignored_by_the_graph(multilabel, tmp_path):
+    learn, _, _ = multilabel
+    folder = learn.export(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["thresholds"]["per_class"][0] = 0.9  # the graph still decides with 0.3
+    (folder / "config.json").write_text(json.dumps(config))
+    for load in (load_learner, RuntimeModel.load):
+        with pytest.raises(ExportError, match="onnx.thresholds .*re-export"):
+            load(folder)
