@@ -242,12 +242,13 @@ def predict(
             option = "--csv" if csv is not None else "--int8"
             fix = "leave out --device" if contained else hint
             raise CliError(f"{option} runs on ONNX Runtime, not PyTorch: {fix}")
-        if not contained and (model / "config.json").is_file():
-            typer.echo(f"note: {model} runs through PyTorch (slower to start); {hint}", err=True)
         from imageblocks.learn.predict import prediction_line, prediction_records
         from imageblocks_runtime.batch import collect_sources
 
-        preds = prediction_records(_load(model, device), collect_sources(images), thresh)
+        learn = _load(model, device)
+        if not contained:
+            typer.echo(f"note: {model} runs through PyTorch (slower to start); {hint}", err=True)
+        preds = prediction_records(learn, collect_sources(images), thresh)
     if as_json:
         typer.echo(json.dumps(preds, indent=2))
     else:

@@ -237,20 +237,26 @@ def test_fuzzed_configs_give_only_export_errors_quickly_and_in_bounded_memory(fo
 
 
 @pytest.mark.parametrize(
-    "damage",
+    "damage, runtime_predicts",
     [
-        lambda p, c: c["model"].update(n_out=1_000_000),
-        lambda p, c: c.update(model="resnet18"),
-        lambda p, c: c.update(vocab=None),
-        lambda p, c: (p / "model.safetensors").write_bytes(b"garbage"),
-        lambda p, c: (p / "model.safetensors").unlink(),
+        (lambda p, c: c["model"].update(n_out=1_000_000), False),
+        (lambda p, c: c.update(model="resnet18"), False),
+        (lambda p, c: c.update(vocab=None), False),
+        (lambda p, c: (p / "model.onnx").write_bytes(b"garbage"), False),
+        # the runtime needs no weights but model.onnx's; PyTorch (--device) needs them
+        (lambda p, c: (p / "model.safetensors").write_bytes(b"garbage"), True),
+        (lambda p, c: (p / "model.safetensors").unlink(), True),
     ],
 )
-def test_cli_predict_on_a_bad_model_prints_one_line(folder, tiny_folder, damage):
+def test_cli_predict_on_a_bad_model_prints_one_line(folder, tiny_folder, damage, runtime_predicts):
     path, config = folder
     damage(path, config)
     _write(path, config)
-    result = CliRunner().invoke(app, ["predict", str(path), str(tiny_folder[1])])
+    args = ["predict", str(path), str(tiny_folder[1])]
+    if runtime_predicts:
+        assert CliRunner().invoke(app, args).exit_code == 0
+        args += ["--device", "cpu"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output

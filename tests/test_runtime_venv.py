@@ -52,9 +52,11 @@ def _pip(python: Path, *args: str) -> None:
 
 
 def _source_hash() -> str:
+    """A digest of what the runtime's wheel is built from (not pip's build/ leftovers)."""
     digest = hashlib.sha256()
-    for p in sorted(RUNTIME.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p):
+    files = [RUNTIME / "pyproject.toml", *sorted((RUNTIME / "imageblocks_runtime").rglob("*"))]
+    for p in files:
+        if p.is_file() and "__pycache__" not in p.parts:
             digest.update(str(p.relative_to(RUNTIME)).encode() + b"\0" + p.read_bytes())
     return digest.hexdigest()
 

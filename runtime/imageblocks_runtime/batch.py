@@ -10,7 +10,7 @@ with its `error` and is listed in the summary, never the end of the run.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import csv
+import csv as csv_format
 import multiprocessing
 import os
 import secrets
@@ -138,11 +138,16 @@ def _prepared_chunks(
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         ahead = 2 * workers
         pending = [pool.submit(_prepare_files, c, model.tfms, model.draft) for c in chunks[:ahead]]
-        for nxt in range(ahead, len(chunks) + ahead):
-            done = pending.pop(0)
-            if nxt < len(chunks):
-                pending.append(pool.submit(_prepare_files, chunks[nxt], model.tfms, model.draft))
-            yield done.result()
+        try:
+            for nxt in range(ahead, len(chunks) + ahead):
+                done = pending.pop(0)
+                if nxt < len(chunks):
+                    job = pool.submit(_prepare_files, chunks[nxt], model.tfms, model.draft)
+                    pending.append(job)
+                yield done.result()
+        finally:  # stopped early (Ctrl-C, an error): the queued chunks are not prepared
+            for job in pending:
+                job.cancel()
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -166,14 +171,14 @@ def _progress(total: int, enabled: bool) -> Any:
 def predict_files(
     model: RuntimeModel,
     sources: Sequence[str | os.PathLike],
-    csv_path: str | os.PathLike,
+    csv: str | os.PathLike,
     bs: int = 64,
     workers: int | None = None,
     progress: bool = True,
     thresh: float | None = None,
 ) -> BatchSummary:
     """Predict every file of `sources` (folders are walked for image files) into the CSV
-    `csv_path`: one row per file, in order; unreadable files get an `error` and are listed."""
+    `csv`: one row per file, in order; unreadable files get an `error` and are listed."""
     if bs < 1:
         raise ArgumentError(f"bs must be 1 or more, not {bs}")
     model.decision_thresholds(thresh)  # a bad threshold fails before any image is read
@@ -183,7 +188,7 @@ def predict_files(
     if len(files) < 2 * bs:  # a handful of files: starting workers costs more than it gives
         workers = 0
     chunks = [files[i : i + bs] for i in range(0, len(files), bs)]
-    target = Path(csv_path)
+    target = Path(csv)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     summary = BatchSummary(csv=target, files=len(files))
@@ -193,7 +198,7 @@ def predict_files(
             _progress(len(files), progress) as bar,
         ):
             task = bar.add_task("predicting", total=len(files))
-            writer = csv.writer(f)
+            writer = csv_format.writer(f)
             writer.writerow(csv_header(model))
             for chunk, prepared in zip(chunks, _prepared_chunks(model, chunks, workers)):
                 good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]

@@ -107,7 +107,7 @@ class ItemTransform:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def config(self) -> dict:
-        """A JSON-able description, read back by `item_tfm_from_config` (used by export)."""
+        """A JSON-able description (config.json's `item_tfms`), read back by `valid_tfms`."""
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in self._params().items()}
         return {"name": type(self).__name__, **params}
 
