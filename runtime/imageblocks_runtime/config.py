@@ -467,17 +467,6 @@ def swap_in_progress(path: str | os.PathLike) -> bool:
     return bool(temp_folders(Path(path)))
 
 
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The checked `config.json` of a model folder (or the file itself)."""
-    path = Path(path)
-    file = path / CONFIG_NAME if path.is_dir() else path
-    if not file.exists():
-        raise ExportError(
-            f"no {CONFIG_NAME} in {path}: is this a folder written by learn.export()?"
-        )
-    return parse_config(file)
-
-
 def check_file(data: bytes, where: Path, recorded: dict[str, Any] | None) -> None:
     """Refuse `data` (the bytes of the model folder's file `where`) when config.json recorded
     another sha256 or size for it: the files come from different exports."""
