@@ -272,12 +272,18 @@ def create_app(
     )
     thresholds = info["thresholds"]
     health = {"status": "ok", "task": task, "arch": info["arch"], "classes": len(info["vocab"])}
-    pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="imageblocks-predict")
+    pools: list[ThreadPoolExecutor] = []  # the model's threads, started by the first request
+
+    def pool() -> ThreadPoolExecutor:
+        if not pools:
+            pools.append(ThreadPoolExecutor(max_concurrency, thread_name_prefix="imageblocks"))
+        return pools[0]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        while pools:  # the threads end with the server; a restarted app starts new ones
+            pools.pop().shutdown(wait=False)
 
     app = FastAPI(
         title="imageblocks",
@@ -366,7 +372,7 @@ def create_app(
                     data = await upload.read()
                     loop = asyncio.get_running_loop()
                     try:
-                        body = await loop.run_in_executor(pool, run_model, data, with_cams)
+                        body = await loop.run_in_executor(pool(), run_model, data, with_cams)
                     except HTTPException:
                         raise
                     except Exception:
