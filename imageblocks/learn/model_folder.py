@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from imageblocks_runtime.config import TEMP_TAG as _TAG
-from imageblocks_runtime.config import ExportError, digest, swap_in_progress
-from imageblocks_runtime.config import temp_folders as _temp_names
+from imageblocks_runtime.config import ExportError
+from imageblocks_runtime.folder import TEMP_TAG as _TAG
+from imageblocks_runtime.folder import digest, swap_in_progress
+from imageblocks_runtime.folder import temp_folders as _temp_names
 from imageblocks_runtime.utils import atomic_write, fsync_dir
 
 __all__ = [

@@ -1,5 +1,4 @@
-"""The schema of an export folder's `config.json`, the one function that checks it, and the
-rules for reading a model folder (file digests, an export's swap in progress).
+"""The schema of an export folder's `config.json`, and the one function that checks it.
 
 `validate_config` checks every field's type and range before anything is built from it: a
 config that asks for a million outputs, a 20000 px input, a vocab shorter than the outputs or a
@@ -11,7 +10,6 @@ imageblocks trains; `Limits` lists them.
 from __future__ import annotations
 
 import array
-import hashlib
 import json
 import math
 import os
@@ -439,43 +437,3 @@ def parse_config(file: Path | BinaryIO, where: str | Path | None = None) -> dict
         detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:120]
         raise ExportError(f"{where} is not valid JSON ({detail}); {REDO}") from None
     return validate_config(config, where)
-
-
-TEMP_TAG = ".export-tmp"  # suffix of an export's hidden folders: `.{name}.{pid}-{random}{TAG}`
-
-
-def digest(data: bytes) -> dict[str, object]:
-    """The sha256 and size of `data`, as `config.json`'s `files` section records them."""
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-
-
-def temp_folders(path: Path) -> list[Path]:
-    """The hidden folders an export of `path` builds or sets aside beside it."""
-    prefix = f".{path.name}."
-    try:
-        return [
-            p
-            for p in path.parent.iterdir()
-            if p.name.startswith(prefix) and p.name.endswith(TEMP_TAG)
-        ]
-    except OSError:
-        return []
-
-
-def swap_in_progress(path: str | os.PathLike) -> bool:
-    """Whether an export is being swapped into `path` (a reader should look again shortly)."""
-    return bool(temp_folders(Path(path)))
-
-
-def check_file(data: bytes, where: Path, recorded: dict[str, Any] | None) -> None:
-    """Refuse `data` (the bytes of the model folder's file `where`) when config.json recorded
-    another sha256 or size for it: the files come from different exports."""
-    if recorded is None:
-        return
-    found = digest(data)
-    if found != recorded:
-        raise ExportError(
-            f"{where} ({found['bytes']} bytes) is not the file {CONFIG_NAME} describes "
-            f"({recorded['bytes']} bytes, sha256 {str(recorded['sha256'])[:12]}...): the files "
-            "come from different exports; copy the model folder as a whole, or export it again"
-        )

@@ -18,14 +18,9 @@ from typing import Any
 import numpy as np
 
 from imageblocks_runtime import onnx_spec
-from imageblocks_runtime.config import (
-    CONFIG_NAME,
-    ExportError,
-    check_file,
-    parse_config,
-    swap_in_progress,
-)
+from imageblocks_runtime.config import CONFIG_NAME, ExportError, parse_config
 from imageblocks_runtime.errors import ArgumentError
+from imageblocks_runtime.folder import check_file, swap_in_progress
 from imageblocks_runtime.preprocess import (
     draft_size,
     prepare,
