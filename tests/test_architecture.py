@@ -146,13 +146,21 @@ def test_layers_point_down(lower, forbidden):
     assert not bad, "\n".join(bad)
 
 
+ENTRY_POINTS = (
+    "imageblocks.cli",
+    "imageblocks.__main__",
+    "imageblocks_runtime.cli",
+    "imageblocks_runtime.__main__",
+)
+
+
 def test_only_the_cli_and_the_service_import_them():
     bad = sorted(
         f"{m} imports {t}"
         for m, targets in GRAPH.items()
         for t in targets
         if (_layer(t) == "cli" or _layer(t) == "serve")
-        and m not in ("imageblocks.cli", "imageblocks.__main__", "imageblocks_runtime.cli")
+        and m not in ENTRY_POINTS
         and _layer(m) != "serve"
     )
     assert not bad, "\n".join(bad)
@@ -181,7 +189,7 @@ def test_the_runtime_imports_neither_imageblocks_nor_the_training_libraries():
     ]
 
 
-RUNTIME_TOP = {"model", "batch", "cli", "serve"}  # the layers that run a model
+RUNTIME_TOP = {"model", "batch", "cli", "serve", "__main__"}  # the layers that run a model
 
 
 def test_the_runtime_layers_point_down():
