@@ -143,3 +143,18 @@ def test_serve_on_a_folder_without_the_graph_says_how_to_export(models, tmp_path
     result = CliRunner().invoke(cli_app, ["serve", str(old)])
     assert result.exit_code == 1
     assert "export-onnx" in result.output and "Traceback" not in result.output
+
+
+def test_runtime_serve_errors_are_one_line(models, tmp_path, capsys):
+    from imageblocks_runtime.cli import main
+
+    for args, message in (
+        ([str(tmp_path / "missing")], "model folder not found"),
+        ([str(models["ml"]), "--threads", "0"], "--threads must be at least 1"),
+        ([str(tmp_path)], "config.json"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(["serve", *args])
+        err = capsys.readouterr().err
+        assert stop.value.code == 1 and err.startswith("error: ") and message in err, err
+        assert "Traceback" not in err
