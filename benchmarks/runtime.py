@@ -382,6 +382,49 @@ def batch_rates(model: Path, folder: Path, work: Path, n: int) -> dict[str, Any]
     return out
 
 
+def cpu_ms(fn: Any, n: int) -> float:
+    """CPU milliseconds of this process per call of `fn` (median of `n` calls after one)."""
+    fn()
+    times = []
+    for _ in range(n):
+        c0 = time.process_time()
+        fn()
+        times.append(time.process_time() - c0)
+    return round(1000 * statistics.median(times), 3)
+
+
+def cpu_profile(model: Path, files: list[Path], service_ms: float | None) -> dict[str, Any]:
+    """Where the CPU goes, one thread: decoding + item transforms, the graph at batch 1 and 64,
+    and what a request costs the service beyond them; the ceilings these set on this machine."""
+    import numpy as np
+
+    from imageblocks_runtime.model import RuntimeModel
+    from imageblocks_runtime.serve.app import check_header
+
+    m = RuntimeModel.load(model, threads=1)
+    data = [f.read_bytes() for f in files[:64]]
+    prepare = cpu_ms(lambda: [m.prepare(d) for d in data], 5) / len(data)
+    header = cpu_ms(lambda: [check_header(d, 16_000_000, m.draft) for d in data], 5) / len(data)
+    batch = np.stack([m.prepare(d)[0] for d in data])
+    graph_1 = cpu_ms(lambda: m.run(batch[:1]), 30)
+    graph_64 = cpu_ms(lambda: m.run(batch), 5) / len(batch)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out = {
+        "cores": cores,
+        "prepare_ms_per_image": round(prepare, 3),
+        "header_check_ms_per_image": round(header, 3),
+        "graph_ms_per_image_bs1": graph_1,
+        "graph_ms_per_image_bs64": round(graph_64, 3),
+        "batch_ceiling_img_s": round(cores * 1000 / (prepare + graph_64), 1),
+    }
+    if service_ms is not None:
+        out["service_ms_per_request"] = service_ms
+        out["service_http_and_rest_ms"] = round(service_ms - prepare - header - graph_1, 3)
+        out["service_ceiling_req_s"] = round(cores * 1000 / service_ms, 1)
+    log("cpu profile", out)
+    return out
+
+
 # --- 4. the service ----------------------------------------------------------------------------
 
 
@@ -532,6 +575,27 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Same label sets float vs int8: {100 * q['same_label_sets']:.1f}% of the images.",
     ]
+    p = result["cpu_profile"]
+    lines += [
+        "",
+        f"## Where the CPU goes (one thread, ms; {p['cores']} cores)",
+        "",
+        "| step | ms |",
+        "| --- | ---: |",
+        f"| decode + item transforms, per image | {p['prepare_ms_per_image']} |",
+        f"| upload header check, per image | {p['header_check_ms_per_image']} |",
+        f"| graph, batch of 1 | {p['graph_ms_per_image_bs1']} |",
+        f"| graph, per image in a batch of 64 | {p['graph_ms_per_image_bs64']} |",
+    ]
+    if "service_ms_per_request" in p:
+        lines += [
+            f"| the service, server CPU per request | {p['service_ms_per_request']} |",
+            f"| of which HTTP, multipart, JSON, threads, log | {p['service_http_and_rest_ms']} |",
+        ]
+    ceilings = f"batch prediction {p['batch_ceiling_img_s']} images/s"
+    if "service_ceiling_req_s" in p:
+        ceilings += f", the service {p['service_ceiling_req_s']} requests/s (server CPU alone)"
+    lines += ["", f"Ceilings these set on all cores: {ceilings}."]
     return "\n".join(lines) + "\n"
 
 
@@ -565,6 +629,9 @@ def main() -> None:
     result["batch"] = batch_rates(model, data / "train", work, n)
     result["service"] = service(model, image, args.quick)
     result["int8"] = int8_vs_float(model, data, image, 10 if args.quick else 50)
+    files = sorted((data / "train").glob("*.jpg"))
+    served = result["service"][0]["server_cpu_ms_per_request"]
+    result["cpu_profile"] = cpu_profile(model, files, served)
     md = side.write_results("runtime-", result["machine"], args.quick, result, markdown(result))
     print(md)
 
