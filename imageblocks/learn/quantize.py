@@ -20,7 +20,7 @@
   size); an EfficientNet-Lite0 at 128 px fine-tuned for two epochs keeps only 67% of them
   (0.17; U8S8, per-tensor weights, moving-average or entropy ranges, float depthwise convs or
   head change little; Percentile ranges reach 80% but keep every calibration activation in
-  memory), so check the metric change (`imageblocks evaluate`) before deploying int8.
+  memory), so measure the metric change on the validation set before deploying int8.
 """
 
 from __future__ import annotations
