@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -209,10 +210,10 @@ def _page() -> tuple[str, str]:
     return html, csp
 
 
-def _json(content: Any, status_code: int = 200) -> Response:
+def _json(content: Any) -> Response:
     """`content` as a JSON response, serialised once (no FastAPI encoder or response model)."""
     body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return Response(body.encode("utf-8"), status_code, media_type="application/json")
+    return Response(body.encode("utf-8"), media_type="application/json")
 
 
 def _model_info(model: RuntimeModel, cam: bool, limits: dict[str, int]) -> dict[str, Any]:
@@ -257,7 +258,7 @@ def create_app(
         raise ValueError(
             "max_upload_mb, max_concurrency, max_pixels and max_requests must be positive"
         )
-    if not isinstance(model, RuntimeModel):
+    if isinstance(model, (str, os.PathLike)):
         model = RuntimeModel.load(model, int8=int8, threads=threads)
     task = str(model.task)
     limit = int(max_upload_mb * MB)
@@ -299,8 +300,8 @@ def create_app(
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
     app.add_middleware(BodyGuard, body_timeout=body_timeout)  # outermost: sees every answer
 
-    def run_model(data: bytes, with_cams: bool = False) -> bytes:
-        """Check the header, decode and predict (and the CAMs): the JSON answer; in the pool."""
+    def run_model(data: bytes, with_cams: bool = False) -> Response:
+        """Check the header, decode and predict (and the CAMs): the answer; in the pool."""
         size = check_header(data, max_pixels, model.draft)
         try:
             record = {"task": task, **model.predict(data)}
@@ -315,7 +316,7 @@ def create_app(
             record["image_size"] = list(size)
         if with_cams and cam is not None:
             record["cams"] = {label: _data_url(png) for label, png in cam(data).items()}
-        return json.dumps(record, allow_nan=False, separators=(",", ":")).encode()
+        return _json(record)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> HTMLResponse:
@@ -372,13 +373,12 @@ def create_app(
                     data = await upload.read()
                     loop = asyncio.get_running_loop()
                     try:
-                        body = await loop.run_in_executor(pool(), run_model, data, with_cams)
+                        return await loop.run_in_executor(pool(), run_model, data, with_cams)
                     except HTTPException:
                         raise
                     except Exception:
                         log.exception("prediction failed")
                         raise HTTPException(500, "Internal error: the prediction failed.") from None
-                    return Response(body, media_type="application/json")
         finally:
             in_progress.leave()
 
