@@ -10,6 +10,7 @@ actual wall time, the plan, mAP / accuracy_multi / macro F1 (multi-label), mean 
 
     .venv/bin/python benchmarks/budget.py                 # fastai's run, then 4 budgets a task
     .venv/bin/python benchmarks/budget.py --fastai-result benchmarks/results/fastai-side-cpu2-AMD-EPYC.json
+    .venv/bin/python benchmarks/budget.py --tasks points --merge   # one task, the other kept
     .venv/bin/python benchmarks/budget.py --quick         # 512/256 items, one 60 s budget a task
 """
 
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--fastai-result", help="fastai_run.py's JSON instead of running it")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--merge", action="store_true", help="keep other tasks' earlier results")
     args = ap.parse_args()
     keep_freed_memory()
 
@@ -197,15 +199,6 @@ def main() -> None:
     if "fastai" in budgets or args.fastai_result:
         found = fastai_result(args, folders["multilabel"], folders["points"])
         fastai = {t: fastai_summary(t, found) for t in args.tasks if found.get(t)}
-    runs: dict[str, list] = {}
-    for task in args.tasks:
-        for b in budgets:
-            seconds = fastai[task]["wall_s"] if b == "fastai" else parse_duration(b)
-            side.log(f"== {task}: budget {seconds:.0f} s")
-            runs.setdefault(task, []).append(budget_run(task, seconds, folders[task], args))
-            side.log(
-                json.dumps({k: v for k, v in runs[task][-1].items() if k not in ("plan", "phases")})
-            )
     name = side.machine_name(args.device)
     result = {
         "machine": name,
@@ -213,9 +206,36 @@ def main() -> None:
         "command": "python benchmarks/budget.py " + " ".join(sys.argv[1:]),
         "quick": args.quick,
         "fastai": fastai,
-        "runs": runs,
+        "runs": {},
     }
-    print(side.write_results("budget-", name, args.quick, result, markdown(result)))
+    if args.merge:  # keep the other tasks' runs of an earlier result
+        earlier = side.results_file("budget-", name, args.quick, ".json")
+        if earlier.is_file():
+            old = json.loads(earlier.read_text())
+            keep = [t for t in old.get("runs", {}) if t not in args.tasks]
+            result["runs"] = {t: old["runs"][t] for t in keep}
+            result["fastai"] = {
+                **{t: old["fastai"][t] for t in keep if t in old["fastai"]},
+                **fastai,
+            }
+            result["command"] = old.get("command", "") + " ; " + result["command"]
+    for task in args.tasks:
+        result["runs"][task] = []
+        for b in budgets:
+            seconds = fastai[task]["wall_s"] if b == "fastai" else parse_duration(b)
+            side.log(f"== {task}: budget {seconds:.0f} s")
+            result["runs"][task].append(budget_run(task, seconds, folders[task], args))
+            side.log(
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in result["runs"][task][-1].items()
+                        if k not in ("plan", "phases")
+                    }
+                )
+            )
+            md = side.write_results("budget-", name, args.quick, result, markdown(result))
+    print(md)
 
 
 if __name__ == "__main__":

@@ -440,13 +440,17 @@ def main() -> None:
     print(write_results("", name, args.quick, result, markdown(result)))
 
 
+def results_file(prefix: str, name: str, quick: bool, suffix: str) -> Path:
+    """results/<prefix><machine>[-quick]<suffix>."""
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
+    return ROOT / "results" / (prefix + slug + ("-quick" if quick else "") + suffix)
+
+
 def write_results(prefix: str, name: str, quick: bool, result: dict[str, Any], md: str) -> str:
     """Write results/<prefix><machine>[-quick].json and .md; returns the Markdown."""
-    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
-    slug = prefix + slug + ("-quick" if quick else "")
     (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / f"{slug}.json").write_text(json.dumps(result, indent=2))
-    (ROOT / "results" / f"{slug}.md").write_text(md)
+    results_file(prefix, name, quick, ".json").write_text(json.dumps(result, indent=2))
+    results_file(prefix, name, quick, ".md").write_text(md)
     return md
 
 
