@@ -13,7 +13,9 @@ order, with the timm model's state dict (every shape is checked).
 2. key points (BIWI-style folders): `lr_find()`, then `fine_tune(3, 1e-2)`;
 3. loader throughput of both recipes' train and valid loaders (one epoch each, before training);
 4. `learn.predict` latency and batch inference throughput (multi-label model);
-5. peak memory.
+5. peak memory;
+6. the CPU, the ISA ATen and oneDNN use in this process, and the precision (`--precision`:
+   fastai's default is float32; fp16/bf16 call `to_fp16()`/`to_bf16()`).
 
 Everything fastai prints goes to stderr; stdout gets exactly one line: the JSON result, which is
 also written to `--out`.
@@ -38,6 +40,7 @@ from typing import Any
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # lr_find draws a plot; no display here
 
+import cpu_features  # this folder's: the CPU and the ISA PyTorch uses (imports no imageblocks)
 import fastai
 import numpy as np
 import pandas as pd
@@ -110,6 +113,19 @@ def pretrained_learner(dls: DataLoaders, arch: str, **kwargs: Any) -> Learner:
     n = load_bundled_weights(learn.model[0].model)  # fastai's TimmBody keeps the timm model here
     log(f"loaded {n} bundled tensors into {arch}")
     learn.freeze()  # vision_learner only freezes when pretrained=True
+    return learn
+
+
+# fastai's mixed-precision switches and the dtype each computes in
+PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def with_precision(learn: Learner, precision: str) -> Learner:
+    """`learn` in `precision`: fp32 (fastai's default) as it is, else `to_fp16()`/`to_bf16()`."""
+    if precision == "fp16":
+        return learn.to_fp16()
+    if precision == "bf16":
+        return learn.to_bf16()
     return learn
 
 
@@ -269,6 +285,7 @@ def run_multilabel(args: argparse.Namespace, result: dict[str, Any]) -> None:
     log("loader", result["loader"])
 
     learn = pretrained_learner(dls, args.arch, metrics=[partial(accuracy_multi, thresh=0.2)])
+    learn = with_precision(learn, args.precision)
     freeze_epochs, epochs = (1, 1) if args.quick else (4, 3)
     out: dict[str, Any] = {"n_train": n_train, "n_valid": n_valid, "n_classes": len(dls.vocab)}
     out["epochs"] = {"freeze_epochs": freeze_epochs, "epochs": epochs}
@@ -361,7 +378,7 @@ def run_points(args: argparse.Namespace, result: dict[str, Any]) -> None:
     result["loader"]["points_valid_img_s"] = round(loader_rate(dls.valid), 2)
     log("loader", result["loader"])
 
-    learn = pretrained_learner(dls, args.arch, y_range=(-1, 1))
+    learn = with_precision(pretrained_learner(dls, args.arch, y_range=(-1, 1)), args.precision)
     num_it = 20 if args.quick else 100  # 100 is lr_find's default
     with learn.no_bar(), timer() as t:
         suggestion = learn.lr_find(num_it=num_it)
@@ -398,6 +415,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timm body for the bundled weights (tf_*: TF 'same' padding, (0.5, 0.5, 0.5) stats)",
     )
     p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISION_DTYPE),
+        help="fp32 (fastai's default), fp16 (to_fp16) or bf16 (to_bf16)",
+    )
+    p.add_argument(
         "--recipes",
         nargs="+",
         default=["multilabel", "points"],
@@ -427,6 +450,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "arch": args.arch,
         "quick": args.quick,
         "recipes": args.recipes,
+        "precision": args.precision,
+        "compute_dtype": PRECISION_DTYPE[args.precision],
+        "cpu": cpu_features.cpu_record(),
         "multilabel": {},
         "points": {},
         "loader": {},

@@ -9,6 +9,13 @@ predict latency, batch inference throughput and peak memory. Writes
 
     .venv/bin/python benchmarks/run.py            # full recipes (about 40 minutes on 2 CPU cores)
     .venv/bin/python benchmarks/run.py --quick    # 512/256 items, 1+1 epochs: a regression check
+    .venv/bin/python benchmarks/run.py --isa avx2 # an AVX2-only CPU's code paths, in float32
+
+Every result records the CPU (model, class, AVX2 / AVX-512 / BF16 / AMX flags), the instruction
+set ATen and oneDNN actually used in each side's process, and the precision each library
+computed in. `--isa avx2` runs both sides with PyTorch capped to AVX2 (`ATEN_CPU_CAPABILITY`,
+`ONEDNN_MAX_CPU_ISA`, `MKL_ENABLE_INSTRUCTIONS`; see `cpu_features.py`) and imageblocks in float32,
+as on a laptop without AVX-512; its results go to `<machine>-avx2[-quick].json`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from imageblocks.runtime import keep_freed_memory, sleep_idle_threads
+
+try:
+    import cpu_features  # run as a script: this folder is on sys.path
+except ImportError:  # imported as benchmarks.run (the tests)
+    from benchmarks import cpu_features
 
 ROOT = Path(__file__).resolve().parent
 FASTAI_PY = ROOT.parent / ".venv-fastai" / "bin" / "python"
@@ -155,6 +167,11 @@ def measure_inference(learn: Any, files: list, n_predict: int) -> dict[str, floa
     }
 
 
+def dtype_name(dtype: Any) -> str:
+    """'bfloat16', 'float16' or 'float32' (None: no autocast)."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "float32"
+
+
 def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     """Run both recipes with imageblocks; the same measurements as fastai_run.py."""
     keep_freed_memory()  # as the first fit would, but before the loaders' workers are forked
@@ -162,6 +179,7 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import imageblocks
+    from imageblocks.learn.precision import autocast_dtype
 
     torch.manual_seed(0)
     random.seed(0)
@@ -176,7 +194,9 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
         "arch": "efficientnet_lite0",
         "quick": args.quick,
         "precision": args.precision,
+        "compute_dtype": dtype_name(autocast_dtype(args.precision, torch.device(args.device))),
         "channels_last": args.channels_last,
+        "cpu": cpu_features.cpu_record(),
         "loader": {},
     }
     opts = {"precision": args.precision, "channels_last": args.channels_last}
@@ -311,14 +331,29 @@ ROWS = [
 ]
 
 
+def precision_label(side: dict[str, Any]) -> str:
+    """'float32', or 'bfloat16 (auto)': the dtype a side computed in and what it was asked for."""
+    dtype, asked = side.get("compute_dtype", "?"), side.get("precision")
+    same = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(asked) == dtype
+    return f"{dtype} ({asked})" if asked and not same else dtype
+
+
 def markdown(result: dict[str, Any]) -> str:
-    """The comparison as a Markdown table: imageblocks / fastai ratio per row."""
+    """The comparison as a Markdown table: imageblocks / fastai ratio per row, after the CPU and
+    code path each side ran on and the precision it computed in."""
     ours, theirs = result["imageblocks"], result["fastai"]
+    cpu = ours.get("cpu") or theirs.get("cpu") or {}
+    flags = ", ".join(f for f, on in cpu.get("flags", {}).items() if on) or "unknown"
     lines = [
         f"{result['machine']}, {result['mode']} run, {result['date']}, command: `{result['command']}`",
         "",
+        f"CPU: {cpu.get('model', '?')}, class {cpu.get('class', '?')} (flags: {flags}); "
+        f"ISA setting `--isa {result.get('isa', 'native')}`",
+        "",
         "| measure | imageblocks | fastai | ratio |",
         "| --- | ---: | ---: | ---: |",
+        f"| code path (ATen / oneDNN) | {path_cell(ours)} | {path_cell(theirs)} | |",
+        f"| precision | {precision_label(ours)} | {precision_label(theirs)} | |",
     ]
     for section, key, label, better in ROWS:
         a, b = ours.get(section, {}).get(key), theirs.get(section, {}).get(key)
@@ -327,6 +362,25 @@ def markdown(result: dict[str, Any]) -> str:
         ratio = f"{a / b:.2f}x" if b else "n/a"
         lines.append(f"| {label} | {a} | {b} | {ratio} ({better} is better) |")
     return "\n".join(lines) + "\n"
+
+
+def path_cell(side: dict[str, Any]) -> str:
+    """'AVX2 / Intel AVX2': the instruction sets a side's process used (from its `cpu` record)."""
+    cpu = side.get("cpu") or {}
+    return f"{cpu.get('aten_capability', '?')} / {cpu.get('onednn_isa') or '?'}"
+
+
+def side_env(isa: str) -> dict[str, str]:
+    """The environment of both sides' processes for `--isa isa` (see cpu_features.ISA_ENV)."""
+    return cpu_features.isa_env(isa)
+
+
+def side_precision(isa: str, precision: str) -> str:
+    """imageblocks' precision for `--isa`: a capped ISA has no native bfloat16, so 'auto' means
+    float32 there (the Learner would pick the same from the capped capability)."""
+    if precision == "auto":
+        return cpu_features.ISA_PRECISION.get(isa, precision)
+    return precision
 
 
 def main() -> None:
@@ -340,6 +394,18 @@ def main() -> None:
         default="auto",
         choices=["auto", "bf16", "fp16", "fp32"],
         help="imageblocks' precision (auto: bf16 where the hardware has it, as the Learner does)",
+    )
+    ap.add_argument(
+        "--isa",
+        default="native",
+        choices=list(cpu_features.ISA_ENV),
+        help="run both sides on this CPU class's code paths (avx2: an AVX2-only CPU's, float32)",
+    )
+    ap.add_argument(
+        "--fastai-precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="fastai's precision (fp32: its default, the book's; fp16/bf16: to_fp16/to_bf16)",
     )
     ap.add_argument(
         "--channels-last",
@@ -383,12 +449,16 @@ def main() -> None:
         str(args.workers),
     ] + (["--quick"] if args.quick else [])
     results: dict[str, Any] = {}
+    env = side_env(args.isa)
+    precision = side_precision(args.isa, args.precision)
+    if args.isa != "native":
+        log(f"== --isa {args.isa}: {cpu_features.ISA_ENV[args.isa]}, imageblocks in {precision}")
     for side in ("imageblocks", "fastai") if args.side == "both" else (args.side,):
         out = work / f"{side}.json"
         if side == "imageblocks":
             extra = [
                 "--precision",
-                args.precision,
+                precision,
                 "--channels-last" if args.channels_last else "--no-channels-last",
                 "--recipes",
                 *args.recipes,
@@ -413,6 +483,8 @@ def main() -> None:
                 str(ROOT / "fastai_run.py"),
                 "--arch",
                 "tf_efficientnet_lite0",
+                "--precision",
+                args.fastai_precision,
                 "--out",
                 str(out),
                 *common,
@@ -423,16 +495,18 @@ def main() -> None:
             continue
         log(f"== {side}: {' '.join(cmd)}")
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         results[side] = json.loads(out.read_text())
         results[side]["total_s"] = round(time.perf_counter() - t0, 1)
     if args.side != "both":
         print(json.dumps(results, indent=2))
         return
-    name = machine_name(args.device)
+    name = machine_name(args.device) + ("" if args.isa == "native" else f"-{args.isa}")
     result = {
         "machine": name,
         "mode": "quick" if args.quick else "full",
+        "isa": args.isa,
+        "isa_env": cpu_features.ISA_ENV[args.isa],
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
         **results,
