@@ -11,12 +11,16 @@ actual wall time, the plan, mAP / accuracy_multi / macro F1 (multi-label), mean 
     .venv/bin/python benchmarks/budget.py                 # fastai's run, then 4 budgets a task
     .venv/bin/python benchmarks/budget.py --fastai-result benchmarks/results/fastai-side-cpu2-AMD-EPYC.json
     .venv/bin/python benchmarks/budget.py --quick         # 512/256 items, one 60 s budget a task
+    .venv/bin/python benchmarks/budget.py --isa avx2      # an AVX2-only CPU's code paths (float32)
+
+The result records the CPU, the ISA PyTorch used and the precision (see `run.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+import cpu_features  # noqa: E402
 import run as side  # noqa: E402 (the side-by-side benchmark's helpers)
 
 from imageblocks.runtime import keep_freed_memory, sleep_idle_threads  # noqa: E402
@@ -140,6 +145,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"`{result['command']}`"
         + (" — QUICK: 512/256 items, short budgets" if result["quick"] else ""),
     ]
+    if result.get("cpu"):
+        cpu = result["cpu"]
+        lines += [
+            "",
+            f"CPU: {cpu['model']}, {cpu_features.code_path(cpu)}; imageblocks computes in "
+            f"{result['compute_dtype']}, fastai in float32",
+        ]
     for task in TASKS:
         rows = result["runs"].get(task, [])
         fa = result["fastai"].get(task)
@@ -182,7 +194,11 @@ def main() -> None:
     ap.add_argument("--fastai-result", help="fastai_run.py's JSON instead of running it")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--isa", default="native", choices=list(cpu_features.ISA_ENV))
     args = ap.parse_args()
+    env = cpu_features.isa_env(args.isa)
+    if env != dict(os.environ):  # the caps are read once, when torch starts: start again with them
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     keep_freed_memory()
 
     from imageblocks.data.sources import URLs, untar_data
@@ -206,9 +222,16 @@ def main() -> None:
             side.log(
                 json.dumps({k: v for k, v in runs[task][-1].items() if k not in ("plan", "phases")})
             )
-    name = side.machine_name(args.device)
+    import torch
+
+    from imageblocks.learn.precision import autocast_dtype
+
+    name = side.machine_name(args.device) + ("" if args.isa == "native" else f"-{args.isa}")
     result = {
         "machine": name,
+        "isa": args.isa,
+        "cpu": cpu_features.cpu_record(),
+        "compute_dtype": side.dtype_name(autocast_dtype("auto", torch.device(args.device))),
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/budget.py " + " ".join(sys.argv[1:]),
         "quick": args.quick,

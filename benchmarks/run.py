@@ -439,7 +439,7 @@ def main() -> None:
         nargs="+",
         choices=["multilabel", "points"],
         default=["multilabel", "points"],
-        help="imageblocks' side: run only these recipes (multilabel includes predict)",
+        help="run only these recipes (multilabel includes predict)",
     )
     ap.add_argument("--side", choices=["imageblocks", "fastai", "both"], default="both")
     ap.add_argument("--fastai-python", default=str(FASTAI_PY), help="fastai's virtualenv's Python")
@@ -515,6 +515,8 @@ def main() -> None:
                 "tf_efficientnet_lite0",
                 "--precision",
                 args.fastai_precision,
+                "--recipes",
+                *args.recipes,
                 "--out",
                 str(out),
                 *common,
