@@ -10,13 +10,18 @@ actual wall time, the plan, mAP / accuracy_multi / macro F1 (multi-label), mean 
 
     .venv/bin/python benchmarks/budget.py                 # fastai's run, then 4 budgets a task
     .venv/bin/python benchmarks/budget.py --fastai-result benchmarks/results/fastai-side-cpu2-AMD-EPYC.json
+    .venv/bin/python benchmarks/budget.py --tasks points --merge   # one task, the other kept
     .venv/bin/python benchmarks/budget.py --quick         # 512/256 items, one 60 s budget a task
+    .venv/bin/python benchmarks/budget.py --isa avx2      # an AVX2-only CPU's code paths (float32)
+
+The result records the CPU, the ISA PyTorch used and the precision (see `run.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+import cpu_features  # noqa: E402
 import run as side  # noqa: E402 (the side-by-side benchmark's helpers)
 
 from imageblocks.runtime import keep_freed_memory, sleep_idle_threads  # noqa: E402
@@ -140,6 +146,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"`{result['command']}`"
         + (" — QUICK: 512/256 items, short budgets" if result["quick"] else ""),
     ]
+    if result.get("cpu"):
+        cpu = result["cpu"]
+        lines += [
+            "",
+            f"CPU: {cpu['model']}, {cpu_features.code_path(cpu)}; imageblocks computes in "
+            f"{result['compute_dtype']}, fastai in float32",
+        ]
     for task in TASKS:
         rows = result["runs"].get(task, [])
         fa = result["fastai"].get(task)
@@ -182,7 +195,12 @@ def main() -> None:
     ap.add_argument("--fastai-result", help="fastai_run.py's JSON instead of running it")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--merge", action="store_true", help="keep other tasks' earlier results")
+    ap.add_argument("--isa", default="native", choices=list(cpu_features.ISA_ENV))
     args = ap.parse_args()
+    env = cpu_features.isa_env(args.isa)
+    if env != dict(os.environ):  # the caps are read once, when torch starts: start again with them
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     keep_freed_memory()
 
     from imageblocks.data.sources import URLs, untar_data
@@ -197,25 +215,50 @@ def main() -> None:
     if "fastai" in budgets or args.fastai_result:
         found = fastai_result(args, folders["multilabel"], folders["points"])
         fastai = {t: fastai_summary(t, found) for t in args.tasks if found.get(t)}
-    runs: dict[str, list] = {}
-    for task in args.tasks:
-        for b in budgets:
-            seconds = fastai[task]["wall_s"] if b == "fastai" else parse_duration(b)
-            side.log(f"== {task}: budget {seconds:.0f} s")
-            runs.setdefault(task, []).append(budget_run(task, seconds, folders[task], args))
-            side.log(
-                json.dumps({k: v for k, v in runs[task][-1].items() if k not in ("plan", "phases")})
-            )
-    name = side.machine_name(args.device)
+    import torch
+
+    from imageblocks.learn.precision import autocast_dtype
+
+    name = side.machine_name(args.device) + ("" if args.isa == "native" else f"-{args.isa}")
     result = {
         "machine": name,
+        "isa": args.isa,
+        "cpu": cpu_features.cpu_record(),
+        "compute_dtype": side.dtype_name(autocast_dtype("auto", torch.device(args.device))),
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/budget.py " + " ".join(sys.argv[1:]),
         "quick": args.quick,
         "fastai": fastai,
-        "runs": runs,
+        "runs": {},
     }
-    print(side.write_results("budget-", name, args.quick, result, markdown(result)))
+    if args.merge:  # keep the other tasks' runs of an earlier result
+        earlier = side.results_file("budget-", name, args.quick, ".json")
+        if earlier.is_file():
+            old = json.loads(earlier.read_text())
+            keep = [t for t in old.get("runs", {}) if t not in args.tasks]
+            result["runs"] = {t: old["runs"][t] for t in keep}
+            result["fastai"] = {
+                **{t: old["fastai"][t] for t in keep if t in old["fastai"]},
+                **fastai,
+            }
+            result["command"] = old.get("command", "") + " ; " + result["command"]
+    for task in args.tasks:
+        result["runs"][task] = []
+        for b in budgets:
+            seconds = fastai[task]["wall_s"] if b == "fastai" else parse_duration(b)
+            side.log(f"== {task}: budget {seconds:.0f} s")
+            result["runs"][task].append(budget_run(task, seconds, folders[task], args))
+            side.log(
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in result["runs"][task][-1].items()
+                        if k not in ("plan", "phases")
+                    }
+                )
+            )
+            md = side.write_results("budget-", name, args.quick, result, markdown(result))
+    print(md)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ order, with the timm model's state dict (every shape is checked).
 2. key points (BIWI-style folders): `lr_find()`, then `fine_tune(3, 1e-2)`;
 3. loader throughput of both recipes' train and valid loaders (one epoch each, before training);
 4. `learn.predict` latency and batch inference throughput (multi-label model);
-5. peak memory.
+5. peak memory;
+6. the CPU, the ISA ATen and oneDNN use in this process, and the precision (`--precision`:
+   fastai's default is float32; fp16/bf16 call `to_fp16()`/`to_bf16()`).
 
 Everything fastai prints goes to stderr; stdout gets exactly one line: the JSON result, which is
 also written to `--out`.
@@ -38,6 +40,7 @@ from typing import Any
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # lr_find draws a plot; no display here
 
+import cpu_features  # this folder's: the CPU and the ISA PyTorch uses (imports no imageblocks)
 import fastai
 import numpy as np
 import pandas as pd
@@ -66,6 +69,7 @@ from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
 QUICK_TRAIN, QUICK_VALID = 512, 256  # items kept per split with --quick
+TINY_TRAIN, TINY_VALID = 64, 32  # with --tiny: checks that the benchmark runs
 BIWI_FRAME = (640, 480)  # width, height of a BIWI RGB frame: points are scaled to [-1, 1] of it
 
 
@@ -110,6 +114,19 @@ def pretrained_learner(dls: DataLoaders, arch: str, **kwargs: Any) -> Learner:
     n = load_bundled_weights(learn.model[0].model)  # fastai's TimmBody keeps the timm model here
     log(f"loaded {n} bundled tensors into {arch}")
     learn.freeze()  # vision_learner only freezes when pretrained=True
+    return learn
+
+
+# fastai's mixed-precision switches and the dtype each computes in
+PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def with_precision(learn: Learner, precision: str) -> Learner:
+    """`learn` in `precision`: fp32 (fastai's default) as it is, else `to_fp16()`/`to_bf16()`."""
+    if precision == "fp16":
+        return learn.to_fp16()
+    if precision == "bf16":
+        return learn.to_bf16()
     return learn
 
 
@@ -197,8 +214,13 @@ def peak_memory_mb(device: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- multi-label
 
 
+def split_sizes(tiny: bool) -> tuple[int, int]:
+    """(train, valid) items kept with --quick, or --tiny."""
+    return (TINY_TRAIN, TINY_VALID) if tiny else (QUICK_TRAIN, QUICK_VALID)
+
+
 def multilabel_dls(
-    pascal: Path, quick: bool, workers: int, device: str, stats: tuple
+    pascal: Path, quick: bool, workers: int, device: str, stats: tuple, tiny: bool = False
 ) -> tuple[DataLoaders, list[Path]]:
     """The book's PASCAL DataBlock over `train.csv` (empty label cells mean no object).
 
@@ -209,7 +231,8 @@ def multilabel_dls(
     df = pd.read_csv(pascal / "train.csv")
     df["labels"] = df["labels"].fillna("")
     if quick:
-        train, valid = df[~df["is_valid"]].head(QUICK_TRAIN), df[df["is_valid"]].head(QUICK_VALID)
+        n_train, n_valid = split_sizes(tiny)
+        train, valid = df[~df["is_valid"]].head(n_train), df[df["is_valid"]].head(n_valid)
         df = pd.concat([train, valid]).sort_index().reset_index(drop=True)
 
     def get_x(r):
@@ -260,7 +283,7 @@ def run_multilabel(args: argparse.Namespace, result: dict[str, Any]) -> None:
     log("== multi-label")
     stats = norm_stats(args.arch)
     dls, valid_files = multilabel_dls(
-        Path(args.pascal), args.quick, args.workers, args.device, stats
+        Path(args.pascal), args.quick, args.workers, args.device, stats, args.tiny
     )
     n_train, n_valid = len(dls.train_ds), len(dls.valid_ds)
     log(f"{n_train} train / {n_valid} valid images, {len(dls.vocab)} classes")
@@ -269,6 +292,7 @@ def run_multilabel(args: argparse.Namespace, result: dict[str, Any]) -> None:
     log("loader", result["loader"])
 
     learn = pretrained_learner(dls, args.arch, metrics=[partial(accuracy_multi, thresh=0.2)])
+    learn = with_precision(learn, args.precision)
     freeze_epochs, epochs = (1, 1) if args.quick else (4, 3)
     out: dict[str, Any] = {"n_train": n_train, "n_valid": n_valid, "n_classes": len(dls.vocab)}
     out["epochs"] = {"freeze_epochs": freeze_epochs, "epochs": epochs}
@@ -279,7 +303,7 @@ def run_multilabel(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out.update(multilabel_metrics(preds, targs))
     result["multilabel"] = out
     log("multilabel", {k: v for k, v in out.items() if k != "history"})
-    n_predict = 10 if args.quick else 20
+    n_predict = 3 if args.tiny else 10 if args.quick else 20
     result["predict"] = measure_inference(learn, valid_files, n_predict)
     log("predict", result["predict"])
 
@@ -308,7 +332,9 @@ def measure_inference(learn: Learner, files: list[Path], n_predict: int) -> dict
 # ----------------------------------------------------------------------------- key points
 
 
-def points_dls(biwi: Path, quick: bool, workers: int, device: str, stats: tuple) -> DataLoaders:
+def points_dls(
+    biwi: Path, quick: bool, workers: int, device: str, stats: tuple, tiny: bool = False
+) -> DataLoaders:
     """The book's BIWI DataBlock: head centre from the pose file and the RGB calibration."""
     cal = np.genfromtxt(biwi / "01" / "rgb.cal", skip_footer=6)
     # (getters unannotated: fastai reads annotations as casts, see `multilabel_dls`)
@@ -327,11 +353,12 @@ def points_dls(biwi: Path, quick: bool, workers: int, device: str, stats: tuple)
 
     get_items: Callable = get_image_files
     if quick:
+        n_train, n_valid = split_sizes(tiny)
 
         def get_items(path):
             files = sorted(get_image_files(path))
-            valid = [f for f in files if is_valid(f)][:QUICK_VALID]
-            return [f for f in files if not is_valid(f)][:QUICK_TRAIN] + valid
+            valid = [f for f in files if is_valid(f)][:n_valid]
+            return [f for f in files if not is_valid(f)][:n_train] + valid
 
     biwi_block = DataBlock(
         blocks=(ImageBlock, PointBlock),
@@ -354,15 +381,16 @@ def pixel_error(preds: torch.Tensor, targs: torch.Tensor) -> float:
 def run_points(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Train the key-point recipe; fill result['points'] and the points part of ['loader']."""
     log("== key points")
-    dls = points_dls(Path(args.biwi), args.quick, args.workers, args.device, norm_stats(args.arch))
+    stats = norm_stats(args.arch)
+    dls = points_dls(Path(args.biwi), args.quick, args.workers, args.device, stats, args.tiny)
     n_train, n_valid = len(dls.train_ds), len(dls.valid_ds)
     log(f"{n_train} train / {n_valid} valid images")
     result["loader"]["points_train_img_s"] = round(loader_rate(dls.train), 2)
     result["loader"]["points_valid_img_s"] = round(loader_rate(dls.valid), 2)
     log("loader", result["loader"])
 
-    learn = pretrained_learner(dls, args.arch, y_range=(-1, 1))
-    num_it = 20 if args.quick else 100  # 100 is lr_find's default
+    learn = with_precision(pretrained_learner(dls, args.arch, y_range=(-1, 1)), args.precision)
+    num_it = 5 if args.tiny else 20 if args.quick else 100  # 100 is lr_find's default
     with learn.no_bar(), timer() as t:
         suggestion = learn.lr_find(num_it=num_it)
     out: dict[str, Any] = {"n_train": n_train, "n_valid": n_valid}
@@ -389,6 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pascal", required=True, help="folder with train.csv and train/")
     p.add_argument("--biwi", required=True, help="folder with 01/ ... 24/ and rgb.cal files")
     p.add_argument("--quick", action="store_true", help="1+1 epochs on 512+256 items per recipe")
+    p.add_argument("--tiny", action="store_true", help="1+1 epochs on 64+32 items (a smoke test)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument(
@@ -398,6 +427,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timm body for the bundled weights (tf_*: TF 'same' padding, (0.5, 0.5, 0.5) stats)",
     )
     p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISION_DTYPE),
+        help="fp32 (fastai's default), fp16 (to_fp16) or bf16 (to_bf16)",
+    )
+    p.add_argument(
         "--recipes",
         nargs="+",
         default=["multilabel", "points"],
@@ -405,7 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run only these recipes (multilabel includes the predict measurements)",
     )
     p.add_argument("--out", required=True, help="where to write the JSON result")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.quick = args.quick or args.tiny
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -427,6 +464,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "arch": args.arch,
         "quick": args.quick,
         "recipes": args.recipes,
+        "precision": args.precision,
+        "compute_dtype": PRECISION_DTYPE[args.precision],
+        "cpu": cpu_features.cpu_record(),
         "multilabel": {},
         "points": {},
         "loader": {},

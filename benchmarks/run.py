@@ -9,6 +9,14 @@ predict latency, batch inference throughput and peak memory. Writes
 
     .venv/bin/python benchmarks/run.py            # full recipes (about 40 minutes on 2 CPU cores)
     .venv/bin/python benchmarks/run.py --quick    # 512/256 items, 1+1 epochs: a regression check
+    .venv/bin/python benchmarks/run.py --isa avx2 # an AVX2-only CPU's code paths, in float32
+    .venv/bin/python benchmarks/run.py --tiny     # 64/32 items: the benchmark runs (numbers mean nothing)
+
+Every result records the CPU (model, class, AVX2 / AVX-512 / BF16 / AMX flags), the instruction
+set ATen and oneDNN actually used in each side's process, and the precision each library
+computed in. `--isa avx2` runs both sides with PyTorch capped to AVX2 (`ATEN_CPU_CAPABILITY`,
+`ONEDNN_MAX_CPU_ISA`, `MKL_ENABLE_INSTRUCTIONS`; see `cpu_features.py`) and imageblocks in float32,
+as on a laptop without AVX-512; its results go to `<machine>-avx2[-quick].json`.
 """
 
 from __future__ import annotations
@@ -28,9 +36,15 @@ from typing import Any
 
 from imageblocks.runtime import keep_freed_memory, sleep_idle_threads
 
+try:
+    import cpu_features  # run as a script: this folder is on sys.path
+except ImportError:  # imported as benchmarks.run (the tests)
+    from benchmarks import cpu_features
+
 ROOT = Path(__file__).resolve().parent
 FASTAI_PY = ROOT.parent / ".venv-fastai" / "bin" / "python"
 QUICK_TRAIN, QUICK_VALID = 512, 256
+TINY_TRAIN, TINY_VALID = 64, 32  # --tiny: checks that the benchmark runs (gpu_check's dry run)
 BIWI_FRAME = (640, 480)
 
 
@@ -155,6 +169,16 @@ def measure_inference(learn: Any, files: list, n_predict: int) -> dict[str, floa
     }
 
 
+def dtype_name(dtype: Any) -> str:
+    """'bfloat16', 'float16' or 'float32' (None: no autocast)."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "float32"
+
+
+def split_sizes(args: argparse.Namespace) -> tuple[int, int]:
+    """(train, valid) items per recipe with --quick or --tiny."""
+    return (TINY_TRAIN, TINY_VALID) if args.tiny else (QUICK_TRAIN, QUICK_VALID)
+
+
 def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     """Run both recipes with imageblocks; the same measurements as fastai_run.py."""
     keep_freed_memory()  # as the first fit would, but before the loaders' workers are forked
@@ -162,6 +186,7 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import imageblocks
+    from imageblocks.learn.precision import autocast_dtype
 
     torch.manual_seed(0)
     random.seed(0)
@@ -176,7 +201,9 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
         "arch": "efficientnet_lite0",
         "quick": args.quick,
         "precision": args.precision,
+        "compute_dtype": dtype_name(autocast_dtype(args.precision, torch.device(args.device))),
         "channels_last": args.channels_last,
+        "cpu": cpu_features.cpu_record(),
         "loader": {},
     }
     opts = {"precision": args.precision, "channels_last": args.channels_last}
@@ -203,7 +230,8 @@ def multilabel_side(
     log("== multi-label")
     df = pd.read_csv(pascal / "train.csv")
     if args.quick:
-        train, valid = df[~df["is_valid"]].head(QUICK_TRAIN), df[df["is_valid"]].head(QUICK_VALID)
+        n_train, n_valid = split_sizes(args)
+        train, valid = df[~df["is_valid"]].head(n_train), df[df["is_valid"]].head(n_valid)
         df = pd.concat([train, valid]).sort_index().reset_index(drop=True)
     dls = multilabel_block(pascal).dataloaders(
         df, bs=64, num_workers=args.workers, device=args.device
@@ -225,7 +253,8 @@ def multilabel_side(
     result["multilabel"] = out
     log("multilabel", {k: v for k, v in out.items() if k != "history"})
     files = [pascal / "train" / f for f in df[df["is_valid"]]["fname"]]
-    result["predict"] = measure_inference(learn, files, 10 if args.quick else 20)
+    n_predict = 3 if args.tiny else 10 if args.quick else 20
+    result["predict"] = measure_inference(learn, files, n_predict)
     log("predict", result["predict"])
 
 
@@ -240,11 +269,12 @@ def points_side(
     log("== key points")
     block = points_block(biwi)
     if args.quick:
+        n_train, n_valid = split_sizes(args)
 
         def get_items(path: Path) -> list:
             files = sorted(get_image_files(path))
-            valid = [f for f in files if f.parent.name == "13"][:QUICK_VALID]
-            return [f for f in files if f.parent.name != "13"][:QUICK_TRAIN] + valid
+            valid = [f for f in files if f.parent.name == "13"][:n_valid]
+            return [f for f in files if f.parent.name != "13"][:n_train] + valid
 
         block.get_items = get_items
     dls = block.dataloaders(biwi, bs=64, num_workers=args.workers, device=args.device)
@@ -252,7 +282,8 @@ def points_side(
     result["loader"]["points_valid_img_s"] = round(loader_rate(dls.valid), 2)
     learn = vision_learner(dls, "efficientnet_lite0", y_range=(-1, 1), **opts)
     t0 = time.perf_counter()
-    suggestion = learn.lr_find(num_it=20 if args.quick else 100, show_plot=False)
+    num_it = 5 if args.tiny else 20 if args.quick else 100
+    suggestion = learn.lr_find(num_it=num_it, show_plot=False)
     out = {
         "n_train": len(dls.train.dataset),
         "n_valid": len(dls.valid.dataset),
@@ -311,28 +342,68 @@ ROWS = [
 ]
 
 
+def precision_label(side: dict[str, Any]) -> str:
+    """'float32', or 'bfloat16 (auto)': the dtype a side computed in and what it was asked for."""
+    dtype, asked = side.get("compute_dtype", "?"), side.get("precision")
+    same = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(asked) == dtype
+    return f"{dtype} ({asked})" if asked and not same else dtype
+
+
 def markdown(result: dict[str, Any]) -> str:
-    """The comparison as a Markdown table: imageblocks / fastai ratio per row."""
+    """The comparison as a Markdown table: imageblocks / fastai ratio per row, after the CPU and
+    code path each side ran on and the precision it computed in."""
     ours, theirs = result["imageblocks"], result["fastai"]
+    cpu = ours.get("cpu") or theirs.get("cpu") or {}
+    flags = ", ".join(f for f, on in cpu.get("flags", {}).items() if on) or "unknown"
     lines = [
         f"{result['machine']}, {result['mode']} run, {result['date']}, command: `{result['command']}`",
         "",
+        f"CPU: {cpu.get('model', '?')}, class {cpu.get('class', '?')} (flags: {flags}); "
+        f"ISA setting `--isa {result.get('isa', 'native')}`",
+        "",
         "| measure | imageblocks | fastai | ratio |",
         "| --- | ---: | ---: | ---: |",
+        f"| code path (ATen / oneDNN) | {path_cell(ours)} | {path_cell(theirs)} | |",
+        f"| precision | {precision_label(ours)} | {precision_label(theirs)} | |",
     ]
     for section, key, label, better in ROWS:
         a, b = ours.get(section, {}).get(key), theirs.get(section, {}).get(key)
-        if a is None or b is None:
+        if a is None:
             continue
-        ratio = f"{a / b:.2f}x" if b else "n/a"
-        lines.append(f"| {label} | {a} | {b} | {ratio} ({better} is better) |")
+        ratio = f"{a / b:.2f}x ({better} is better)" if b else "n/a"
+        lines.append(f"| {label} | {a} | {'n/a' if b is None else b} | {ratio} |")
+    if theirs.get("skipped"):
+        lines += ["", f"fastai's side did not run: {theirs['skipped']}"]
     return "\n".join(lines) + "\n"
+
+
+def path_cell(side: dict[str, Any]) -> str:
+    """'AVX2 / Intel AVX2': the instruction sets a side's process used (from its `cpu` record)."""
+    cpu = side.get("cpu") or {}
+    return f"{cpu.get('aten_capability', '?')} / {cpu.get('onednn_isa') or '?'}"
+
+
+def side_env(isa: str) -> dict[str, str]:
+    """The environment of both sides' processes for `--isa isa` (see cpu_features.ISA_ENV)."""
+    return cpu_features.isa_env(isa)
+
+
+def side_precision(isa: str, precision: str) -> str:
+    """imageblocks' precision for `--isa`: a capped ISA has no native bfloat16, so 'auto' means
+    float32 there (the Learner would pick the same from the capped capability)."""
+    if precision == "auto":
+        return cpu_features.ISA_PRECISION.get(isa, precision)
+    return precision
 
 
 def main() -> None:
     sleep_idle_threads()  # as the CLI does, before torch is imported; both sides inherit it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="512/256 items per recipe, 1+1 epochs")
+    ap.add_argument(
+        "--tiny", action="store_true", help="64/32 items, 1+1 epochs: the benchmark runs (smoke)"
+    )
+    ap.add_argument("--results", default=str(ROOT / "results"), help="folder for the results")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument(
@@ -340,6 +411,18 @@ def main() -> None:
         default="auto",
         choices=["auto", "bf16", "fp16", "fp32"],
         help="imageblocks' precision (auto: bf16 where the hardware has it, as the Learner does)",
+    )
+    ap.add_argument(
+        "--isa",
+        default="native",
+        choices=list(cpu_features.ISA_ENV),
+        help="run both sides on this CPU class's code paths (avx2: an AVX2-only CPU's, float32)",
+    )
+    ap.add_argument(
+        "--fastai-precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="fastai's precision (fp32: its default, the book's; fp16/bf16: to_fp16/to_bf16)",
     )
     ap.add_argument(
         "--channels-last",
@@ -356,13 +439,23 @@ def main() -> None:
         nargs="+",
         choices=["multilabel", "points"],
         default=["multilabel", "points"],
-        help="imageblocks' side: run only these recipes (multilabel includes predict)",
+        help="run only these recipes (multilabel includes predict)",
     )
     ap.add_argument("--side", choices=["imageblocks", "fastai", "both"], default="both")
+    ap.add_argument("--fastai-python", default=str(FASTAI_PY), help="fastai's virtualenv's Python")
+    ap.add_argument(
+        "--fastai-optional",
+        action="store_true",
+        help="without fastai's environment, write imageblocks' side alone (fastai: n/a)",
+    )
+    ap.add_argument(
+        "--side-timeout", type=float, help="seconds each side may run (a side over it fails)"
+    )
     ap.add_argument("--pascal")
     ap.add_argument("--biwi")
     ap.add_argument("--out", help="write this side's JSON here (with --side)")
     args = ap.parse_args()
+    args.quick = args.quick or args.tiny
     if args.side == "imageblocks" and args.out:
         res = imageblocks_side(args)
         Path(args.out).write_text(json.dumps(res, indent=2))
@@ -381,14 +474,18 @@ def main() -> None:
         args.device,
         "--workers",
         str(args.workers),
-    ] + (["--quick"] if args.quick else [])
+    ] + (["--tiny"] if args.tiny else ["--quick"] if args.quick else [])
     results: dict[str, Any] = {}
+    env = side_env(args.isa)
+    precision = side_precision(args.isa, args.precision)
+    if args.isa != "native":
+        log(f"== --isa {args.isa}: {cpu_features.ISA_ENV[args.isa]}, imageblocks in {precision}")
     for side in ("imageblocks", "fastai") if args.side == "both" else (args.side,):
         out = work / f"{side}.json"
         if side == "imageblocks":
             extra = [
                 "--precision",
-                args.precision,
+                precision,
                 "--channels-last" if args.channels_last else "--no-channels-last",
                 "--recipes",
                 *args.recipes,
@@ -404,15 +501,22 @@ def main() -> None:
                 *extra,
             ]
         else:
-            if not FASTAI_PY.exists():
-                sys.exit(
-                    f"fastai's environment is missing: run `make fastai-env` first ({FASTAI_PY})"
-                )
+            if not Path(args.fastai_python).exists():
+                missing = f"fastai's environment is missing: run `make fastai-env` first ({args.fastai_python})"
+                if not args.fastai_optional:
+                    sys.exit(missing)
+                log(f"== fastai: skipped, {missing}")
+                results[side] = {"library": "fastai", "skipped": missing}
+                continue
             cmd = [
-                str(FASTAI_PY),
+                args.fastai_python,
                 str(ROOT / "fastai_run.py"),
                 "--arch",
                 "tf_efficientnet_lite0",
+                "--precision",
+                args.fastai_precision,
+                "--recipes",
+                *args.recipes,
                 "--out",
                 str(out),
                 *common,
@@ -423,30 +527,47 @@ def main() -> None:
             continue
         log(f"== {side}: {' '.join(cmd)}")
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            cmd, check=True, stdout=subprocess.DEVNULL, env=env, timeout=args.side_timeout
+        )
         results[side] = json.loads(out.read_text())
         results[side]["total_s"] = round(time.perf_counter() - t0, 1)
     if args.side != "both":
         print(json.dumps(results, indent=2))
         return
-    name = machine_name(args.device)
+    name = machine_name(args.device) + ("" if args.isa == "native" else f"-{args.isa}")
+    name += "-tiny" if args.tiny else ""
     result = {
         "machine": name,
-        "mode": "quick" if args.quick else "full",
+        "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
+        "isa": args.isa,
+        "isa_env": cpu_features.ISA_ENV[args.isa],
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
         **results,
     }
-    print(write_results("", name, args.quick, result, markdown(result)))
+    md = markdown(result)
+    print(write_results("", name, args.quick and not args.tiny, result, md, Path(args.results)))
 
 
-def write_results(prefix: str, name: str, quick: bool, result: dict[str, Any], md: str) -> str:
-    """Write results/<prefix><machine>[-quick].json and .md; returns the Markdown."""
+def results_file(
+    prefix: str, name: str, quick: bool, suffix: str, folder: Path | None = None
+) -> Path:
+    """<folder>/<prefix><machine>[-quick]<suffix> (folder: results/)."""
     slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:60]
-    slug = prefix + slug + ("-quick" if quick else "")
-    (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / f"{slug}.json").write_text(json.dumps(result, indent=2))
-    (ROOT / "results" / f"{slug}.md").write_text(md)
+    folder = ROOT / "results" if folder is None else folder
+    return folder / (prefix + slug + ("-quick" if quick else "") + suffix)
+
+
+def write_results(
+    prefix: str, name: str, quick: bool, result: dict[str, Any], md: str, folder: Path | None = None
+) -> str:
+    """Write <folder>/<prefix><machine>[-quick].json and .md (folder: results/); returns the
+    Markdown."""
+    json_file = results_file(prefix, name, quick, ".json", folder)
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    json_file.write_text(json.dumps(result, indent=2))
+    results_file(prefix, name, quick, ".md", folder).write_text(md)
     return md
 
 

@@ -310,7 +310,13 @@ def test_warp_mat_moves_corners_as_documented():
         assert torch.allclose(got, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("device", ["meta"] + (["cuda"] if torch.cuda.is_available() else []))
+ON_CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")],
+)
+
+
+@pytest.mark.parametrize("device", ["meta", ON_CUDA])
 def test_everything_stays_on_the_batch_device(device):
     x = torch.rand(4, 3, 48, 64).to(device)
     b = (x, torch.zeros(4, 1, 2, device=device), None)

@@ -123,7 +123,7 @@ def test_importing_imageblocks_prints_nothing(notebook):
 
 def test_fit_shows_one_live_html_table_per_phase(notebook):
     nb, sources, updates = notebook
-    (i,) = cells_with(sources, ".fine_tune(")
+    (i,) = cells_with(sources, "learn.fine_tune(")
     tables = [o for o in nb.cells[i].outputs if "text/html" in o.get("data", {})]
     assert len(tables) == 2  # fine_tune: the frozen epoch, then the unfrozen one
     for table in tables:
@@ -142,7 +142,9 @@ def test_fit_shows_one_live_html_table_per_phase(notebook):
     [
         "dls.show_batch(",
         "plt.plot(xs,accs)",
-        "learn.show_results(",
+        "learn.show_results(max_n=6, figsize=(9,6))",
+        "cam=True",
+        "interp.plot_top_losses(",
         "report.plot()",
         *EXTRA_CELLS.values(),
     ],

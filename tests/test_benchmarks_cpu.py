@@ -1,0 +1,101 @@
+"""The benchmarks' CPU record: feature detection, the `--isa` environment, and what a result says."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import cpu_features, run
+from imageblocks.learn.precision import native_bf16
+
+CPUINFO = """processor\t: 0
+model name\t: Some CPU @ 2.0GHz
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16
+processor\t: 1
+flags\t\t: fpu
+"""
+
+
+def test_flags_model_and_class_from_cpuinfo():
+    flags = cpu_features.cpu_flags(CPUINFO)
+    assert {"avx2", "avx512f", "avx512_bf16"} <= flags and "amx_bf16" not in flags
+    assert cpu_features.cpu_model(CPUINFO) == "Some CPU @ 2.0GHz"
+    assert cpu_features.cpu_class(flags) == "avx512-bf16"
+    assert cpu_features.cpu_class({"avx2", "fma"}) == "avx2"
+    assert cpu_features.cpu_class({"avx2", "avx512f"}) == "avx512"
+    assert cpu_features.cpu_class({"avx512f", "amx_tile", "amx_bf16"}) == "amx"
+    assert cpu_features.cpu_class(set()) == "baseline"
+    assert cpu_features.cpu_flags("no flags here") == set()
+
+
+def test_isa_env_caps_every_library_and_keeps_the_rest():
+    env = cpu_features.isa_env("avx2", {"PATH": "/bin", "ONEDNN_MAX_CPU_ISA": "ALL"})
+    assert env == {
+        "PATH": "/bin",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+    assert cpu_features.isa_env("native", {"A": "1"}) == {"A": "1"}
+    with pytest.raises(ValueError, match="avx2"):
+        cpu_features.isa_env("sse9")
+
+
+def test_the_benchmark_children_get_the_isa_env_and_fp32():
+    assert run.side_env("avx2")["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert run.side_env("native") == dict(os.environ)
+    assert run.side_precision("avx2", "auto") == "fp32"
+    assert run.side_precision("avx2", "bf16") == "bf16"  # asked for: kept (emulated)
+    assert run.side_precision("native", "auto") == "auto"
+
+
+def test_native_bf16_needs_the_flag_and_an_uncapped_code_path():
+    flags = {"avx2", "avx512f", "avx512_bf16"}
+    assert native_bf16(flags, "AVX512", None)
+    assert native_bf16(flags, "AVX512", "AVX512_CORE_BF16")
+    assert native_bf16({"amx_bf16"}, "AVX512", "AVX512_CORE_AMX")
+    assert not native_bf16(flags, "AVX2", None)  # ATEN_CPU_CAPABILITY=avx2
+    assert not native_bf16(flags, "AVX512", "AVX2")  # ONEDNN_MAX_CPU_ISA=AVX2
+    assert not native_bf16(flags, "AVX512", "AVX512_CORE_VNNI")
+    assert not native_bf16({"avx2", "avx512f"}, "AVX512", None)
+
+
+def test_the_record_and_the_markdown_say_which_code_path_and_precision():
+    record = cpu_features.cpu_record(probe_onednn=False)
+    assert set(record) >= {"model", "class", "flags", "cores", "env", "aten_capability"}
+    assert set(record["flags"]) == set(cpu_features.FLAGS)
+    side = {"cpu": {**record, "onednn_isa": "Intel AVX2"}, "compute_dtype": "float32"}
+    ours = {**side, "precision": "fp32", "multilabel": {"fine_tune_s": 10.0}}
+    theirs = {**side, "precision": "fp32", "multilabel": {"fine_tune_s": 20.0}}
+    md = run.markdown(
+        {"machine": "m", "mode": "quick", "date": "d", "command": "c", "isa": "avx2",
+         "imageblocks": ours, "fastai": theirs}
+    )  # fmt: skip
+    assert f"class {record['class']}" in md and "`--isa avx2`" in md
+    assert f"| code path (ATen / oneDNN) | {record['aten_capability']} / Intel AVX2 |" in md
+    assert "| precision | float32 | float32 | |" in md
+    assert "| 10.0 | 20.0 | 0.50x" in md
+    assert run.precision_label({"compute_dtype": "bfloat16", "precision": "auto"}) == (
+        "bfloat16 (auto)"
+    )
+
+
+@pytest.mark.skipif(
+    "avx2" not in cpu_features.cpu_flags() or sys.platform != "linux", reason="x86 Linux with AVX2"
+)
+def test_under_the_avx2_env_torch_reports_avx2_and_auto_is_float32():
+    code = (
+        "import json, torch\n"
+        "from imageblocks.learn.precision import autocast_dtype\n"
+        "print(json.dumps([torch.backends.cpu.get_cpu_capability(),\n"
+        "                  str(autocast_dtype('auto', torch.device('cpu')))]))\n"
+    )
+    env = cpu_features.isa_env("avx2")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out.splitlines()[-1]) == ["AVX2", "None"]
