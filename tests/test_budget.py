@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from imageblocks.data.sizing import input_size, set_input_size
 from imageblocks.errors import ArgumentError
+from imageblocks.learn import budget as budget_module
 from imageblocks.learn.budget import BudgetError, final_sizes, plan_budget
-from imageblocks.learn.budget_probe import StepCosts, max_batch_size
+from imageblocks.learn.budget_probe import StepCosts, max_batch_size, saved_activation_bytes
 from imageblocks.learn.callbacks import Callback
 from imageblocks.learn.checkpoint import load_checkpoint
 from imageblocks.learn.learner import vision_learner
@@ -101,11 +103,25 @@ def test_the_plan_fits_the_budget_and_grows_the_size_with_it(budget):
     assert phases[0].size[0] <= final[0] and len(phases) in (2, 3)  # small first, largest last
     assert "estimate: training ends at" in "\n".join(plan.lines())
     unfrozen = sum(plan.epochs[1:])
-    assert unfrozen >= 6 or final == finals[0]
+    assert unfrozen >= budget_module.FEWEST_EPOCHS or final == finals[0]
     if budget == 3600:
         assert final[0] > 128  # time to spare buys larger images
     if budget == 120:
         assert final[0] <= 128
+
+
+def test_a_slow_machine_still_trains_the_largest_size_that_buys_a_few_epochs():
+    finals = final_sizes((128, 128))
+    plan = plan_budget(  # no size buys 1000 epochs, nor 500: the largest buying 2 is picked
+        _costs(), 300, 10.0, 50, finals, 64, 1e-3, reserve=lambda s: 2.0, min_epochs=1000
+    )
+    final = plan.phases[-1].size
+    assert final[0] > finals[0][0] and sum(plan.epochs[1:]) >= budget_module.FEWEST_EPOCHS
+    bigger = [f for f in finals if f[0] * f[1] > final[0] * final[1]]
+    one_up = plan_budget(
+        _costs(), 300, 10.0, 50, bigger[:1], 64, 1e-3, reserve=lambda s: 2.0, min_epochs=1000
+    )
+    assert sum(one_up.epochs[1:]) < budget_module.FEWEST_EPOCHS  # the next size buys fewer
 
 
 def test_a_budget_too_small_says_how_much_is_needed():
@@ -234,3 +250,31 @@ def test_max_batch_size_fills_the_device_by_its_peak_memory():
     assert max_batch_size(peak, 16 * gib, limit=100) == 64  # at most the limit
     assert max_batch_size(peak, 2 * gib, limit=4096) == 8
     assert max_batch_size(lambda bs: math.inf, 2 * gib, limit=4096) == 1
+
+
+def test_saved_activations_grow_with_the_pixels_and_the_batch(voc):
+    learn = _learner(voc, FakeClock())
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    trains = [p.requires_grad for p in learn.model.parameters()]
+    small = saved_activation_bytes(learn, (32, 32), bs=4)
+    assert small > 0
+    assert saved_activation_bytes(learn, (64, 64), bs=4) == pytest.approx(4 * small, rel=0.15)
+    assert saved_activation_bytes(learn, (32, 32), bs=16) == pytest.approx(4 * small, rel=1e-6)
+    after = learn.model.state_dict()  # batch-norm statistics and frozen layers as they were
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [p.requires_grad for p in learn.model.parameters()] == trains
+
+
+def test_a_cpu_budget_leaves_out_sizes_the_memory_cannot_hold(voc, monkeypatch):
+    learn = _learner(voc, FakeClock())
+    finals = final_sizes((64, 64))
+    per_pixel = saved_activation_bytes(learn, finals[0], 4) / (finals[0][0] * finals[0][1])
+    free = 2 * per_pixel * 64 * 64 / budget_module.MEMORY_SHARE  # room for 2x the base's pixels
+    monkeypatch.setattr(budget_module, "available_memory", lambda: free)
+    lines: list[str] = []
+    fit = budget_module._sizes_that_fit(learn, finals, 4, lines.append)
+    assert fit == [s for s in finals if s[0] * s[1] <= 2 * 64 * 64 * 1.05]
+    assert (64, 64) in fit and fit[-1] != finals[-1]
+    assert "left out" in lines[0] and "GB free" in lines[0]
+    monkeypatch.setattr(budget_module, "available_memory", lambda: 1.0)
+    assert budget_module._sizes_that_fit(learn, finals, 4, lines.append) == finals[:1]

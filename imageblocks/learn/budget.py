@@ -5,7 +5,7 @@ candidate image sizes on this machine (`budget_probe.py`; about 8% of the budget
 it), runs a short LR range test when one fits (5%), and plans (`plan_budget`): a frozen phase
 at a small size, then one unfrozen one-cycle schedule over one or two sizes (progressive
 resizing: small images first, the final size last), the final size being the largest that
-still buys `MIN_EPOCHS` unfrozen epochs. The phases end at times of the budget, not after step
+still buys `MIN_EPOCHS` unfrozen epochs (on a slow machine half, then `FEWEST_EPOCHS`). The phases end at times of the budget, not after step
 counts (`timed.py`): rates and momentum follow the fraction of the time used, so the run ends
 annealed at its deadline even when the estimate was off. The report the caller writes after
 training (its validation passes, figures, export) is reserved in the budget. A checkpoint
@@ -29,10 +29,12 @@ from imageblocks.data.sizing import input_size, set_input_size
 from imageblocks.errors import ImageblocksError
 from imageblocks.learn.budget_probe import (
     StepCosts,
+    available_memory,
     cuda_peak_bytes,
     max_batch_size,
     measure_steps,
     measure_valid,
+    saved_activation_bytes,
 )
 from imageblocks.learn.callbacks import as_callbacks
 from imageblocks.learn.checkpoint import CheckpointError, load_checkpoint
@@ -46,8 +48,10 @@ __all__ = ["MIN_EPOCHS", "BudgetError", "BudgetPlan", "fine_tune_budget", "plan_
 
 Size = tuple[int, int]
 MIN_EPOCHS = 6  # unfrozen epochs the final size must still buy; below, a smaller size pays more
+FEWEST_EPOCHS = 2  # when no size buys MIN_EPOCHS (nor half), the largest that buys this many
 SIDE_MULTS = (0.375, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # final sizes tried, times the loaders' size
 EARLY = 0.6  # the first sizes' side, times the final one
+MEMORY_SHARE = 0.5  # of the memory free at the start, for one CPU training step's activations
 PROBE_SHARE, LR_TEST_SHARE = 0.08, 0.05  # of the budget, for the timings and the LR range test
 DEFAULT_LR = 2e-3  # fine_tune's, when no LR range test fits
 
@@ -145,8 +149,8 @@ def plan_budget(
     min_epochs: float = MIN_EPOCHS,
 ) -> BudgetPlan:
     """The plan for the seconds from `start_s` to `budget_s`, `reserve(final size)` kept for
-    after training: the largest of `finals` that buys `min_epochs` unfrozen epochs (else the
-    one that buys the most), with a frozen phase and the first half of the unfrozen time at
+    after training: the largest of `finals` that buys `min_epochs` unfrozen epochs (else half
+    of them, else `FEWEST_EPOCHS`, else the one that buys the most), with a frozen phase and the first half of the unfrozen time at
     `EARLY` times its side."""
 
     def epoch_s(size: Size, frozen: bool) -> float:
@@ -175,12 +179,12 @@ def plan_budget(
             f"report needs {reserve(finals[0]):.1f} s, which leaves no time to train; give at "
             f"least {math.ceil(need * 1.5)} s, or a smaller image size or model"
         )
-    enough = [o for o in options if o.unfrozen_epochs >= min_epochs]
-    pick = (
-        max(enough, key=lambda o: o.final[0] * o.final[1])
-        if enough
-        else max(options, key=lambda o: o.unfrozen_epochs)
-    )
+    pick = max(options, key=lambda o: o.unfrozen_epochs)
+    for need in (min_epochs, min_epochs / 2, FEWEST_EPOCHS):
+        enough = [o for o in options if o.unfrozen_epochs >= need]
+        if enough:
+            pick = max(enough, key=lambda o: o.final[0] * o.final[1])
+            break
     return _phases(
         pick, costs, steps_per_epoch, budget_s, start_s, reserve, bs, lr, moms, lr_mult, lr_source
     )
@@ -243,6 +247,25 @@ def _cuda_batch_size(learn: Learner, size: Size, budget: Budget, log: Callable) 
     bs = max_batch_size(cuda_peak_bytes(learn, size), capacity, limit)
     log(f"budget: batch size {bs} fills the GPU at {size[0]}x{size[1]} ({budget.used():.1f} s)")
     return bs
+
+
+def _sizes_that_fit(learn: Learner, finals: list[Size], bs: int, log: Callable) -> list[Size]:
+    """On the CPU, the final sizes whose training step's activations (counted at the smallest
+    size, scaled by the pixels) fit `MEMORY_SHARE` of the free memory; at least the smallest."""
+    free = available_memory()
+    if learn.dls.device.type == "cuda" or free is None:
+        return finals  # the GPU's batch size is fitted to its memory instead
+    small = finals[0]
+    per_pixel = saved_activation_bytes(learn, small, bs) / (small[0] * small[1])
+    fit = [s for s in finals if per_pixel * s[0] * s[1] <= MEMORY_SHARE * free] or finals[:1]
+    if len(fit) < len(finals):
+        big = finals[len(fit)]
+        log(
+            f"budget: sizes from {big[0]}x{big[1]} up left out: a training step there would "
+            f"hold {per_pixel * big[0] * big[1] / 2**30:.1f} GB of activations, more than "
+            f"{MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GB free"
+        )
+    return fit
 
 
 def _measure(
@@ -339,6 +362,7 @@ def fine_tune_budget(
         finals = list(sizes) if sizes is not None else final_sizes(input_size(learn.dls))
         bs = _cuda_batch_size(learn, finals[-1], budget, log)
         set_input_size(learn.dls, input_size(learn.dls), bs)
+        finals = _sizes_that_fit(learn, finals, bs, log)
         costs, lr, source = _measure(learn, finals, budget, base_lr, log)
         export_s = _export_s(learn, budget.clock)
 

@@ -5,13 +5,17 @@ frozen or not, and `measure_valid` a few validation batches, scaled to the whole
 model, optimiser and loaders are left as they were (the steps train at a rate of 0 and the
 states are restored). `StepCosts` holds the timings and predicts other sizes from them (time
 grows with the pixels). On CUDA, `cuda_peak_bytes` measures a step's peak memory at a batch
-size and `max_batch_size` picks the largest batch that fills the device.
+size and `max_batch_size` picks the largest batch that fills the device. On every device,
+`saved_activation_bytes` counts what autograd keeps for the backward pass of a training step
+(the memory that grows with the image size and the batch), so that sizes a machine's memory
+cannot hold are never tried.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +29,15 @@ from imageblocks.learn.optimizer import set_group_hypers
 if TYPE_CHECKING:
     from imageblocks.learn.learner import Learner
 
-__all__ = ["StepCosts", "cuda_peak_bytes", "max_batch_size", "measure_steps", "measure_valid"]
+__all__ = [
+    "StepCosts",
+    "available_memory",
+    "cuda_peak_bytes",
+    "max_batch_size",
+    "measure_steps",
+    "measure_valid",
+    "saved_activation_bytes",
+]
 
 Size = tuple[int, int]
 
@@ -223,3 +235,57 @@ def max_batch_size(
     while bs > first and peak(bs) > fill * capacity:  # the prediction was too kind
         bs //= 2
     return bs
+
+
+def saved_activation_bytes(learn: Learner, size: Size, bs: int, probe_bs: int = 4) -> float:
+    """Bytes autograd saves for the backward pass of an unfrozen training step of `bs` images
+    of `size`: what grows with the batch between forwards of `probe_bs` and 2 * `probe_bs`
+    random images (each saved storage once), so the weight copies autocast saves are left out;
+    the model is left as it was."""
+    device = learn.dls.device
+    state = copy.deepcopy(learn.model.state_dict())
+    trains = [p.requires_grad for p in learn.model.parameters()]
+
+    def saved(n: int) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        x = torch.randn(n, 3, *size, device=device)
+        if learn.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), learn.autocast():
+            out = learn.model(x)
+        del out
+        params = {p.untyped_storage().data_ptr() for p in learn.model.parameters()}
+        return sum(b for ptr, b in storages.items() if ptr not in params)
+
+    n = max(1, probe_bs)
+    try:
+        for p in learn.model.parameters():
+            p.requires_grad_(True)
+        learn.model.train()
+        per_image = max(0, saved(2 * n) - saved(n)) / n
+    finally:
+        learn.model.load_state_dict(state)
+        for p, t in zip(learn.model.parameters(), trains):
+            p.requires_grad_(t)
+    return per_image * bs
+
+
+def available_memory() -> float | None:
+    """Bytes of memory this machine can still give (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
