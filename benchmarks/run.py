@@ -317,6 +317,7 @@ def machine_name(device: str) -> str:
         pass
     import os
 
+    cpu = " ".join(cpu.replace("(R)", "").replace("(TM)", "").split())  # Intel's marks
     return f"cpu{len(os.sched_getaffinity(0))}-{cpu}"
 
 

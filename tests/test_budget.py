@@ -4,6 +4,7 @@ follows the clock (a fake clock: every training step takes one 'second'), resume
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,11 +14,11 @@ from imageblocks.errors import ArgumentError
 from imageblocks.learn import budget as budget_module
 from imageblocks.learn.budget import BudgetError, final_sizes, plan_budget
 from imageblocks.learn.budget_probe import StepCosts, max_batch_size, saved_activation_bytes
-from imageblocks.learn.callbacks import Callback
+from imageblocks.learn.callbacks import Callback, CancelTrainException
 from imageblocks.learn.checkpoint import load_checkpoint
 from imageblocks.learn.learner import vision_learner
 from imageblocks.learn.schedule import combined_cos
-from imageblocks.learn.timed import Budget, TimedPhase, TimedSchedule
+from imageblocks.learn.timed import Budget, TimeBudgetCallback, TimedPhase, TimedSchedule
 from imageblocks.seeding import set_seed
 from imageblocks.transforms.item import RandomResizedCrop
 from imageblocks.utils import parse_duration
@@ -201,6 +202,15 @@ def test_fine_tune_budget_ends_on_time_annealed(voc, capsys):
     assert [p["frozen"] for p in report["phases"]][0] is True
     assert all(p["actual_s"] > 0 for p in report["phases"])
     assert learn.plan.budget == 60 and learn.plan.call == "fine_tune_budget"
+
+
+def test_a_phase_that_starts_past_its_deadline_still_takes_one_step():
+    cb = TimeBudgetCallback(Budget(10, FakeClock()).start())
+    learn = SimpleNamespace(lr_sched=SimpleNamespace(time_up=lambda: True))
+    cb.before_batch(learn)  # no step yet: it runs, so the epoch has a training loss
+    cb.after_batch(learn)
+    with pytest.raises(CancelTrainException):
+        cb.before_batch(learn)
 
 
 class _InterruptAfter(Callback):

@@ -197,7 +197,9 @@ class TimeBudgetCallback(Callback):
         self._phase, self._t0, self._steps, self._epochs = phase, self.budget.used(), 0, 0
 
     def before_batch(self, learn: Any) -> None:
-        if learn.lr_sched.time_up():
+        # a phase started late (a slow measurement or phase before it) still takes one step,
+        # so its epoch has a training loss and a frozen head is not unfrozen untrained
+        if self._steps and learn.lr_sched.time_up():
             raise CancelTrainException
 
     def after_batch(self, learn: Any) -> None:
