@@ -366,8 +366,9 @@ def export_onnx_cmd(
     ),
     fname_col: str = FnameColOpt,
 ) -> None:
-    """Write the self-contained ONNX graph (uint8 images in; probabilities and decisions, or
-    points, out) into the model folder, with its config.json; --int8 adds a quantised copy."""
+    """Write the self-contained ONNX graph into the model folder (--int8: a quantised copy too).
+
+    The graph takes uint8 images and returns probabilities and decisions, or points."""
     with _user_errors():
         if (images is not None or csv is not None) and not int8:
             raise CliError("--images and --csv choose the images --int8 calibrates on: add --int8")

@@ -81,7 +81,7 @@ def test_multilabel_tutorial_outputs(quick_docs):
     assert "FlattenedLoss of BCEWithLogitsLoss()" in text
     assert re.search(r"epoch\s+train_loss\s+valid_loss\s+accuracy_multi\s+time", text)
     assert "ap_score_multi" in text.lower() or "APScoreMulti" in text
-    assert "['config.json', 'model.safetensors']" in text
+    assert "['config.json', 'model.onnx', 'model.safetensors']" in text
     assert len(pictures(quick_docs / "tutorial-multilabel.md")) >= 4
 
 

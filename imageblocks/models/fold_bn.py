@@ -6,8 +6,9 @@ is scaled per output channel and it gains a bias. What was two passes over the a
 one. Measured on EfficientNet-Lite0, batch 32, 128 px, channels-last, one thread, on a shared
 2-core AMD EPYC (benchmarks/results/profile-avx2-fp32.md): a forward pass 0.21-0.32 s -> 0.14-0.17 s
 on the AVX2 float32 path, 0.21 -> 0.14 s on the AVX-512 float32 one and 0.108-0.111 -> 0.072 s in
-bfloat16 (AVX512-BF16): about 1.5x in every case, outputs equal to 1e-5; a whole `validate()`
-of the demo PASCAL set on the AVX2 path, loader included, 4.1 -> 3.4 s.
+bfloat16 (AVX512-BF16): about 1.5x in every case, outputs equal to 1e-4 (the float32 rounding
+of the scaled weights); a whole `validate()` of the demo PASCAL set on the AVX2 path, loader
+included, 4.1 -> 3.4 s.
 
 `fold_batchnorm(model)` returns a folded copy in eval mode and leaves `model` as it was, so a
 training run can fold before each validation pass (a copy of EfficientNet-Lite0 folds in about
