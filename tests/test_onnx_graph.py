@@ -322,3 +322,21 @@ def test_thresholds_edited_by_hand_are_refused_not_ignored_by_the_graph(multilab
     for load in (load_learner, RuntimeModel.load):
         with pytest.raises(ExportError, match="onnx.thresholds .*re-export"):
             load(folder)
+
+
+def test_a_tf_padded_backbone_exports_constant_padding_and_the_same_answers(dataset, tmp_path):
+    root, df = dataset
+    dblock = _block(root, (ImageBlock, MultiCategoryBlock), _labels, item_tfms=Resize(48))
+    dls = dblock.dataloaders(df.assign(labels=df["labels"].fillna("")), bs=8, num_workers=0)
+    learn = vision_learner(dls, "efficientnet_lite0", pretrained=False)
+    folder = learn.export(tmp_path / "model")
+    onnx = pytest.importorskip("onnx")
+    ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert "Pad" in ops and not {"Shape", "Ceil"} & ops  # constant "same" padding at 48 px
+    runtime = RuntimeModel.load(folder)
+    files = [root / "images" / f for f in df[df.is_valid].fname]
+    got = runtime.run(np.stack([runtime.prepare(f)[0] for f in files]))["probabilities"]
+    learn.fast_predict = False  # PyTorch's own convolutions, padded per input, in float32
+    learn.to_fp32()
+    want = np.stack([learn.predict(f)[2].numpy() for f in files])
+    np.testing.assert_allclose(got, want, atol=1e-4)

@@ -24,6 +24,7 @@ from imageblocks.data.blocks import Task, task_of
 from imageblocks.learn.model_config import ExportError
 from imageblocks.learn.predict import activation
 from imageblocks.learn.thresholds import decision_thresholds
+from imageblocks.models.same_conv import static_padding
 from imageblocks.transforms.geometry import AffineWarp
 from imageblocks.transforms.normalize import Normalize
 from imageblocks_runtime.onnx_spec import (
@@ -178,7 +179,8 @@ def graph_bytes(
     buffer = io.BytesIO()
     modes = [(m, m.training) for m in wrapped.modules()]  # the learner's own modules, maybe
     wrapped.eval()
-    with _restored(modes), warnings.catch_warnings():
+    fixed = static_padding() if item_size(learn) else contextlib.nullcontext()
+    with _restored(modes), fixed, warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of the dynamo one, which needs
         # onnxscript; it is the one that works with the packages imageblocks depends on
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))

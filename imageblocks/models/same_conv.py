@@ -11,9 +11,18 @@ bfloat16 backward of a strided depthwise convolution is 10-25x slower than its f
 (100 ms against 4.5 ms for 672 channels at 8x8, batch 64, on an AVX512-BF16 EPYC), and these four
 layers were half of a training step. So while gradients are recorded on CPU in bfloat16, the
 strided depthwise ones compute in float32 and hand bfloat16 back.
+
+An ONNX export whose input size is fixed traces inside `static_padding()`: each convolution's
+padding is worked out once, at the traced size, and written as a constant `Pad` (which ONNX
+Runtime folds into the `Conv`), not as the chain of `Shape`/`Ceil`/`Clip` nodes a size-agnostic
+graph needs; int8 quantisation would otherwise put its rounding on those size computations.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +30,19 @@ from timm.layers import Conv2dSame
 from timm.layers.conv2d_same import conv2d_same
 from timm.layers.padding import get_same_padding
 from torch import nn
+
+
+_STATIC = contextvars.ContextVar("imageblocks_static_same_padding", default=False)
+
+
+@contextlib.contextmanager
+def static_padding() -> Iterator[None]:
+    """Within it, an ONNX export pads each "same" convolution for the traced input size only."""
+    token = _STATIC.set(True)
+    try:
+        yield
+    finally:
+        _STATIC.reset(token)
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -56,6 +78,11 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of `x` with "same" padding."""
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        if torch.onnx.is_in_onnx_export() and _STATIC.get():
+            top, bottom = same_padding(int(x.shape[-2]), kh, sh, dh)
+            left, right = same_padding(int(x.shape[-1]), kw, sw, dw)
+            x = F.pad(x, (left, right, top, bottom))
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
         if dh > 1 or dw > 1 or torch.onnx.is_in_onnx_export():
             # a zero tap shifts by one pixel only when undilated, and ONNX wants a fixed kernel
             # and traceable padding: timm's own padded convolution

@@ -93,6 +93,9 @@ def _session(data: bytes, threads: int | None) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
+    # threads wait asleep, not spinning: batch prediction decodes in worker processes on the
+    # same cores, and spinning graph threads took their CPU
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = max(1, int(threads))
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
