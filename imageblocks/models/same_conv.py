@@ -31,7 +31,6 @@ from timm.layers.conv2d_same import conv2d_same
 from timm.layers.padding import get_same_padding
 from torch import nn
 
-
 _STATIC = contextvars.ContextVar("imageblocks_static_same_padding", default=False)
 
 
