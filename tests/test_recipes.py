@@ -52,8 +52,10 @@ def _probs(exported: dict) -> list[float]:
 
 
 def _untuned(config: dict, probs: list[float]) -> None:
-    # one threshold from the loss, between the first image's probabilities: not 0.5
-    thresh = sorted(probs)[1] - 1e-3
+    # one threshold from the loss, midway between the first image's two lowest probabilities
+    # (an untrained model's are close together): not 0.5, one class out and two in
+    low = sorted(probs)
+    thresh = (low[0] + low[1]) / 2
     config["loss"]["thresh"] = thresh
     config["thresholds"] = {"global": thresh, "per_class": None}
 
