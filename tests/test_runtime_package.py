@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import os
@@ -21,6 +20,7 @@ from imageblocks.learn.loading import load_learner
 from imageblocks_runtime.config import ExportError
 from imageblocks_runtime.model import RuntimeModel
 from tests.serve_models import export_multilabel, export_points, write_images
+from tests.test_architecture import _external_roots
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME = REPO / "runtime" / "imageblocks_runtime"
@@ -41,21 +41,10 @@ def _runtime_modules() -> list[str]:
     return out
 
 
-def _imported_roots(path: Path) -> set[str]:
-    """The top-level package of every import in `path` (function bodies included)."""
-    roots = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            roots.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            roots.add(node.module.split(".")[0])
-    return roots
-
-
 def test_the_runtime_source_imports_no_training_package():
     files = sorted(RUNTIME.rglob("*.py"))
     assert len(files) >= 10
-    bad = {str(f.relative_to(REPO)): _imported_roots(f) & set(HEAVY) for f in files}
+    bad = {str(f.relative_to(REPO)): _external_roots(f) & set(HEAVY) for f in files}
     assert not {f: b for f, b in bad.items() if b}
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv as csv_format
+import io
 import multiprocessing
 import os
-import secrets
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from imageblocks_runtime.files import image_files
 from imageblocks_runtime.model import RuntimeModel
 from imageblocks_runtime.preprocess import ItemTransform, prepare
 from imageblocks_runtime.tasks import Task
-from imageblocks_runtime.utils import fsync_dir
+from imageblocks_runtime.utils import atomic_write
 
 __all__ = ["BatchSummary", "collect_sources", "csv_header", "csv_row", "predict_files", "report"]
 
@@ -189,14 +189,11 @@ def predict_files(
         workers = 0
     chunks = [files[i : i + bs] for i in range(0, len(files), bs)]
     target = Path(csv)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     summary = BatchSummary(csv=target, files=len(files))
-    try:
-        with (
-            open(tmp, "x", newline="", encoding="utf-8") as f,
-            _progress(len(files), progress) as bar,
-        ):
+
+    def write(binary: IO[bytes]) -> None:
+        f = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        with _progress(len(files), progress) as bar:
             task = bar.add_task("predicting", total=len(files))
             writer = csv_format.writer(f)
             writer.writerow(csv_header(model))
@@ -211,13 +208,9 @@ def predict_files(
                     writer.writerow(csv_row(model, name, records.get(i), error))
                 summary.predicted += len(good)
                 bar.advance(task, len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+        f.detach().flush()  # the text layer's buffer into the file atomic_write syncs and renames
+
+    atomic_write(target, write)  # a hidden file renamed onto the CSV at the end
     summary.seconds = time.perf_counter() - started
     return summary
 
