@@ -9,7 +9,7 @@ actual wall time, the plan, mAP / accuracy_multi / macro F1 (multi-label), mean 
 `benchmarks/results/budget-<machine>.json` and `.md`.
 
     .venv/bin/python benchmarks/budget.py                 # fastai's run, then 4 budgets a task
-    .venv/bin/python benchmarks/budget.py --fastai-result benchmarks/results/fastai-side-cpu2-AMD-EPYC.json
+    .venv/bin/python benchmarks/budget.py --fastai-result benchmarks/results/fastai-side-cpu2-AMD-EPYC-avx512-bf16.json
     .venv/bin/python benchmarks/budget.py --tasks points --merge   # one task, the other kept
     .venv/bin/python benchmarks/budget.py --quick         # 512/256 items, one 60 s budget a task
     .venv/bin/python benchmarks/budget.py --isa avx2      # an AVX2-only CPU's code paths (float32)

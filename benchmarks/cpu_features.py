@@ -117,6 +117,13 @@ def onednn_isa() -> str | None:
     return m.group(1).strip() if m else None
 
 
+def machine_name(cpuinfo: str | None = None) -> str:
+    """cpu<cores>-<model>-<class>, the name results files carry: 'cpu2-AMD-EPYC-avx2'. The
+    class is in it because one model name covers CPUs with and without AVX-512."""
+    model = " ".join(cpu_model(cpuinfo).replace("(R)", "").replace("(TM)", "").split())
+    return f"cpu{len(os.sched_getaffinity(0))}-{model}-{cpu_class(cpu_flags(cpuinfo))}"
+
+
 def cpu_record(probe_onednn: bool = True) -> dict[str, Any]:
     """The CPU, its class and flags, the ISA caps in the environment and the ISA that ATen (and
     oneDNN, with `probe_onednn`) actually use in this process: stored with every result."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -24,6 +23,11 @@ import torch
 from imageblocks.data.sources import URLs, untar_data
 from imageblocks.recipes.book import multilabel_block, points_block
 from imageblocks.runtime import keep_freed_memory, sleep_idle_threads
+
+try:
+    import cpu_features  # run as a script: this folder is on sys.path
+except ImportError:  # imported as benchmarks.loader
+    from benchmarks import cpu_features
 
 ROOT = Path(__file__).resolve().parent
 FASTAI_PY = ROOT.parent / ".venv-fastai" / "bin" / "python"
@@ -52,19 +56,6 @@ def imageblocks_rates(pascal: Path, biwi: Path, workers: int, bs: int, epochs: i
     out["points"] = epoch_rate(dls.train, epochs)
     out["points_valid"] = epoch_rate(dls.valid, epochs)
     return out
-
-
-def machine_name() -> str:
-    """A short name for this machine: CPU count and model."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu{torch.get_num_threads()}-{cpu}"
 
 
 def main() -> None:
@@ -117,7 +108,7 @@ def main() -> None:
                 "first_epoch_speedup": round(a0 / b0, 2),
             }
         )
-    name = machine_name()
+    name = cpu_features.machine_name()
     result = {
         "machine": name,
         "workers": args.workers,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import resource
 import statistics
@@ -301,24 +300,12 @@ def points_side(
 
 
 def machine_name(device: str) -> str:
-    """cpu<threads>-<model>, or the GPU's name."""
+    """cpu<cores>-<model>-<CPU class> (as `cpu_features.machine_name`), or the GPU's name."""
     if device.startswith("cuda"):
         import torch
 
         return "gpu-" + torch.cuda.get_device_name()
-    cpu = platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    import os
-
-    cpu = " ".join(cpu.replace("(R)", "").replace("(TM)", "").split())  # Intel's marks
-    return f"cpu{len(os.sched_getaffinity(0))}-{cpu}"
+    return cpu_features.machine_name()
 
 
 ROWS = [

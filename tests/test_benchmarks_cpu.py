@@ -32,6 +32,16 @@ def test_flags_model_and_class_from_cpuinfo():
     assert cpu_features.cpu_flags("no flags here") == set()
 
 
+def test_results_are_named_by_cores_model_and_class():
+    """Two CPUs with one model name (AMD EPYC with and without AVX-512) get distinct files."""
+    cores = len(os.sched_getaffinity(0))
+    intel = CPUINFO.replace("Some CPU @ 2.0GHz", "Intel(R) Xeon(R)  Processor")
+    assert cpu_features.machine_name(intel) == f"cpu{cores}-Intel Xeon Processor-avx512-bf16"
+    avx2 = "model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n"
+    assert cpu_features.machine_name(avx2) == f"cpu{cores}-AMD EPYC-avx2"
+    assert run.machine_name("cpu") == cpu_features.machine_name()
+
+
 def test_isa_env_caps_every_library_and_keeps_the_rest():
     env = cpu_features.isa_env("avx2", {"PATH": "/bin", "ONEDNN_MAX_CPU_ISA": "ALL"})
     assert env == {
