@@ -42,6 +42,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # lr_find draws a plot; no display h
 
 import cpu_features  # this folder's: the CPU and the ISA PyTorch uses (imports no imageblocks)
 import fastai
+import memwatch  # this folder's: peak memory per recipe, process and workers
 import numpy as np
 import pandas as pd
 import timm
@@ -378,7 +379,9 @@ def pixel_error(preds: torch.Tensor, targs: torch.Tensor) -> float:
     return (p - t).norm(dim=1).mean().item()
 
 
-def run_points(args: argparse.Namespace, result: dict[str, Any]) -> None:
+def run_points(
+    args: argparse.Namespace, result: dict[str, Any], watch: memwatch.MemoryWatch
+) -> None:
     """Train the key-point recipe; fill result['points'] and the points part of ['loader']."""
     log("== key points")
     stats = norm_stats(args.arch)
@@ -391,7 +394,7 @@ def run_points(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
     learn = with_precision(pretrained_learner(dls, args.arch, y_range=(-1, 1)), args.precision)
     num_it = 5 if args.tiny else 20 if args.quick else 100  # 100 is lr_find's default
-    with learn.no_bar(), timer() as t:
+    with watch.phase("points_lr_find"), learn.no_bar(), timer() as t:
         suggestion = learn.lr_find(num_it=num_it)
     out: dict[str, Any] = {"n_train": n_train, "n_valid": n_valid}
     out["lr_find_s"], out["lr_find_iters"] = round(t["s"], 2), len(learn.recorder.lrs)
@@ -400,10 +403,11 @@ def run_points(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
     freeze_epochs, epochs = 1, (1 if args.quick else 3)
     out["epochs"] = {"freeze_epochs": freeze_epochs, "epochs": epochs}
-    out.update(fine_tune(learn, epochs, base_lr=1e-2, freeze_epochs=freeze_epochs))
-    with learn.no_bar():
-        out["valid_mse"] = round(float(learn.validate()[0]), 6)
-        preds, targs = learn.get_preds()
+    with watch.phase("points_fine_tune"):
+        out.update(fine_tune(learn, epochs, base_lr=1e-2, freeze_epochs=freeze_epochs))
+        with learn.no_bar():
+            out["valid_mse"] = round(float(learn.validate()[0]), 6)
+            preds, targs = learn.get_preds()
     out["pixel_error"] = round(pixel_error(preds, targs), 3)
     result["points"] = out
     log("points", {k: v for k, v in out.items() if k != "history"})
@@ -486,13 +490,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     signal.signal(signal.SIGTERM, stopped)
     signal.signal(signal.SIGINT, stopped)
+    watch = memwatch.MemoryWatch().start()
     with contextlib.redirect_stdout(sys.stderr):  # fastai prints epoch rows and warnings
         if "multilabel" in args.recipes:
-            run_multilabel(args, result)
+            with watch.phase("multilabel"):
+                run_multilabel(args, result)
             save(result, args.out, complete=False)  # a long run killed midway keeps this much
         if "points" in args.recipes:
-            run_points(args, result)
-    result["memory_mb"] = peak_memory_mb(args.device)
+            run_points(args, result, watch)
+    result["memory_mb"] = {**peak_memory_mb(args.device), **watch.stop()}
     result["total_s"] = round(time.perf_counter() - t0, 1)
     line = save(result, args.out, complete=True)
     print(line, file=stdout, flush=True)

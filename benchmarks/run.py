@@ -37,8 +37,9 @@ from imageblocks.runtime import keep_freed_memory, sleep_idle_threads
 
 try:
     import cpu_features  # run as a script: this folder is on sys.path
+    import memwatch
 except ImportError:  # imported as benchmarks.run (the tests)
-    from benchmarks import cpu_features
+    from benchmarks import cpu_features, memwatch
 
 ROOT = Path(__file__).resolve().parent
 FASTAI_PY = ROOT.parent / ".venv-fastai" / "bin" / "python"
@@ -208,11 +209,13 @@ def imageblocks_side(args: argparse.Namespace) -> dict[str, Any]:
     opts = {"precision": args.precision, "channels_last": args.channels_last}
     pascal, biwi = Path(args.pascal), Path(args.biwi)
 
+    watch = memwatch.MemoryWatch().start()
     if "multilabel" in args.recipes:
-        multilabel_side(args, result, pascal, opts)
+        with watch.phase("multilabel"):
+            multilabel_side(args, result, pascal, opts)
     if "points" in args.recipes:
-        points_side(args, result, biwi, opts)
-    result["memory_mb"] = peak_memory_mb(args.device)
+        points_side(args, result, biwi, opts, watch)
+    result["memory_mb"] = {**peak_memory_mb(args.device), **watch.stop()}
     return result
 
 
@@ -258,7 +261,11 @@ def multilabel_side(
 
 
 def points_side(
-    args: argparse.Namespace, result: dict[str, Any], biwi: Path, opts: dict[str, Any]
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    biwi: Path,
+    opts: dict[str, Any],
+    watch: memwatch.MemoryWatch,
 ) -> None:
     """The BIWI recipe: loader, lr_find, fine_tune and quality."""
     from imageblocks.data.sources import get_image_files
@@ -282,7 +289,8 @@ def points_side(
     learn = vision_learner(dls, "efficientnet_lite0", y_range=(-1, 1), **opts)
     t0 = time.perf_counter()
     num_it = 5 if args.tiny else 20 if args.quick else 100
-    suggestion = learn.lr_find(num_it=num_it, show_plot=False)
+    with watch.phase("points_lr_find"):
+        suggestion = learn.lr_find(num_it=num_it, show_plot=False)
     out = {
         "n_train": len(dls.train.dataset),
         "n_valid": len(dls.valid.dataset),
@@ -291,9 +299,10 @@ def points_side(
     }
     freeze_epochs, epochs = 1, (1 if args.quick else 3)
     out["epochs"] = {"freeze_epochs": freeze_epochs, "epochs": epochs}
-    out.update(timed_fine_tune(learn, epochs, 1e-2, freeze_epochs))
-    out["valid_mse"] = round(float(learn.validate()[0]), 6)
-    preds, targs = learn.get_preds()
+    with watch.phase("points_fine_tune"):
+        out.update(timed_fine_tune(learn, epochs, 1e-2, freeze_epochs))
+        out["valid_mse"] = round(float(learn.validate()[0]), 6)
+        preds, targs = learn.get_preds()
     out["pixel_error"] = round(pixel_error(preds.cpu(), targs.cpu()), 3)
     result["points"] = out
     log("points", {k: v for k, v in out.items() if k != "history"})
@@ -327,6 +336,19 @@ ROWS = [
     ("predict", "latency_ms_median", "predict() latency, one image (ms)", "lower"),
     ("predict", "batch_img_s", "batch inference (img/s)", "higher"),
     ("memory_mb", "rss_total", "peak RSS, process + workers (MB)", "lower"),
+    ("memory_mb", "multilabel_pss_mb", "peak PSS, process + workers, PASCAL recipe (MB)", "lower"),
+    (
+        "memory_mb",
+        "points_lr_find_pss_mb",
+        "peak PSS, process + workers, BIWI lr_find (MB)",
+        "lower",
+    ),
+    (
+        "memory_mb",
+        "points_fine_tune_pss_mb",
+        "peak PSS, process + workers, BIWI fine_tune (MB)",
+        "lower",
+    ),
 ]
 
 

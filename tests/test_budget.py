@@ -289,3 +289,21 @@ def test_a_cpu_budget_leaves_out_sizes_the_memory_cannot_hold(voc, monkeypatch):
     assert "left out" in lines[0] and "GB free" in lines[0]
     monkeypatch.setattr(budget_module, "available_memory", lambda: 1.0)
     assert budget_module._sizes_that_fit(learn, finals, 4, lines.append) == finals[:1]
+
+
+@pytest.mark.parametrize("valley, lr", [(1.6e-4, 2e-4), (5e-1, 2e-2), (7.6e-3, 7.6e-3)])
+def test_a_short_range_test_sweeps_five_decades_and_stays_near_the_default(voc, valley, lr):
+    clock = FakeClock()
+    learn = _learner(voc, clock)
+    calls = []
+
+    def lr_find(start_lr, end_lr, num_it, show_plot):
+        calls.append((start_lr, end_lr, num_it))
+        return SimpleNamespace(valley=valley)
+
+    learn.lr_find = lr_find
+    report = learn.fine_tune_budget(400, clock=clock, log=lambda line: None)
+    assert calls and calls[0][:2] == (1e-5, 1.0) and 12 <= calls[0][2] <= 60
+    assert report["plan"]["lr"] == pytest.approx(lr)
+    kept = "kept within 10x of 0.002" in report["plan"]["lr_source"]
+    assert kept == (lr != valley)
