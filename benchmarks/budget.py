@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def point_errors(preds: Any, targs: Any) -> dict[str, float]:
 
 
 def budget_run(task: str, seconds: float, folder: Path, args: argparse.Namespace) -> dict:
-    """One budgeted run: data, learner, fine_tune_budget, scored predictions, all in the budget."""
+    """One budgeted run: data, learner, fine_tune_budget, scored predictions and the export, all
+    in the budget."""
     import torch
 
     from imageblocks.learn.budget import BudgetError
@@ -124,7 +126,9 @@ def budget_run(task: str, seconds: float, folder: Path, args: argparse.Namespace
         quality = side.multilabel_metrics(preds, targs)
     else:
         quality = point_errors(preds, targs)
-    actual = budget.used()
+    with tempfile.TemporaryDirectory() as tmp:  # the export is part of the budget, as in the CLI
+        learn.export(Path(tmp) / "model")
+        actual = budget.used()
     plan = report["plan"]
     planned = plan["measured_s"] + sum(p["planned_s"] for p in plan["phases"]) + plan["reserve_s"]
     return {
