@@ -51,7 +51,11 @@ MIN_EPOCHS = 6  # unfrozen epochs the final size must still buy; below, a smalle
 FEWEST_EPOCHS = 2  # when no size buys MIN_EPOCHS (nor half), the largest that buys this many
 SIDE_MULTS = (0.375, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # final sizes tried, times the loaders' size
 EARLY = 0.6  # the first sizes' side, times the final one
-MEMORY_SHARE = 0.5  # of the memory free at the start, for one CPU training step's activations
+# Of the memory free at the start, what one CPU training step's saved activations may take: a
+# step's peak is about twice them (the activations' gradients in the backward), and the loader
+# workers and the heap kept from the smaller sizes before come on top. At a half, a 240x320 BIWI
+# phase (7.3 GB estimated, 20 GB free) was killed by the OOM killer at 12 GB in the trainer.
+MEMORY_SHARE = 0.3
 PROBE_SHARE, LR_TEST_SHARE = 0.08, 0.05  # of the budget, for the timings and the LR range test
 DEFAULT_LR = 2e-3  # fine_tune's, when no LR range test fits
 # A budget's range test is short (12 to 60 steps), so it sweeps 1e-5..1 (five decades, not
