@@ -199,7 +199,7 @@ def main() -> None:
     ap.add_argument("--fastai-result", help="fastai_run.py's JSON instead of running it")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--merge", action="store_true", help="keep other tasks' earlier results")
+    ap.add_argument("--merge", action="store_true", help="keep earlier runs of other budgets")
     ap.add_argument("--isa", default="native", choices=list(cpu_features.ISA_ENV))
     args = ap.parse_args()
     env = cpu_features.isa_env(args.isa)
@@ -235,28 +235,31 @@ def main() -> None:
         "fastai": fastai,
         "runs": {},
     }
-    if args.merge:  # keep the other tasks' runs of an earlier result
+    seconds_of = {
+        task: [fastai[task]["wall_s"] if b == "fastai" else parse_duration(b) for b in budgets]
+        for task in args.tasks
+    }
+    if args.merge:  # keep an earlier result's runs, but for the budgets run again now
         earlier = side.results_file("budget-", name, args.quick, ".json")
         if earlier.is_file():
             old = json.loads(earlier.read_text())
-            keep = [t for t in old.get("runs", {}) if t not in args.tasks]
-            result["runs"] = {t: old["runs"][t] for t in keep}
-            result["fastai"] = {
-                **{t: old["fastai"][t] for t in keep if t in old["fastai"]},
-                **fastai,
+            result["runs"] = {
+                t: [r for r in runs if r["budget_s"] not in seconds_of.get(t, ())]
+                for t, runs in old.get("runs", {}).items()
             }
+            result["fastai"] = {**old.get("fastai", {}), **fastai}
             result["command"] = old.get("command", "") + " ; " + result["command"]
     for task in args.tasks:
-        result["runs"][task] = []
-        for b in budgets:
-            seconds = fastai[task]["wall_s"] if b == "fastai" else parse_duration(b)
+        runs = result["runs"].setdefault(task, [])
+        for seconds in seconds_of[task]:
             side.log(f"== {task}: budget {seconds:.0f} s")
-            result["runs"][task].append(budget_run(task, seconds, folders[task], args))
+            runs.append(budget_run(task, seconds, folders[task], args))
+            runs.sort(key=lambda r: r["budget_s"])
             side.log(
                 json.dumps(
                     {
                         k: v
-                        for k, v in result["runs"][task][-1].items()
+                        for k, v in next(r for r in runs if r["budget_s"] == seconds).items()
                         if k not in ("plan", "phases")
                     }
                 )
