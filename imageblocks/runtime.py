@@ -13,7 +13,12 @@ environment variable, no allocator option, no global hook. Two settings are appl
   by `predict` or the HTTP service, which give memory back after a burst. Set
   `IMAGEBLOCKS_KEEP_MEMORY=0` to keep glibc's defaults; nothing is changed when `MALLOC_*` /
   `GLIBC_TUNABLES` variables or a preloaded allocator are set. Loader workers forked after it
-  inherit it.
+  inherit it, and with it the parent's kept heap: `release_inherited_memory()`, in each worker,
+  hands the worker's view of the heap's free pages back, because copy-on-write is symmetric: every
+  page the parent writes after the fork (the next steps' activations, in that same kept memory)
+  is otherwise copied while a worker still maps it. A 240x320 BIWI phase was OOM-killed that way
+  with the trainer at 12 GB on a 24 GB machine; a 2 GB kept heap reused after forking two workers
+  took the process tree from 4.2 to 2.7 GB (PSS).
 - `sleep_idle_threads()`: idle OpenMP threads sleep instead of spinning
   (`OMP_WAIT_POLICY=PASSIVE` unless already set). Loader workers share the cores with the
   training process; spinning threads steal the cores the others need: 0.13 s per training step
@@ -73,3 +78,15 @@ def keep_freed_memory() -> bool:
     # -1 disables trimming; 0 mmaps means large blocks come from the heap and are reused
     kept_freed_memory = bool(mallopt(_M_TRIM_THRESHOLD, -1)) and bool(mallopt(_M_MMAP_MAX, 0))
     return kept_freed_memory
+
+
+def release_inherited_memory() -> bool:
+    """In a forked child (a loader worker): return the free heap pages inherited from the parent
+    (glibc `malloc_trim`), so they stay the parent's alone; True when done."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        ctypes.CDLL(None).malloc_trim(0)  # 1 when it gave memory back, 0 when there was none
+        return True
+    except (AttributeError, OSError, ValueError):  # not glibc (macOS, Windows, musl)
+        return False

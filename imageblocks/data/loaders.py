@@ -22,6 +22,7 @@ from imageblocks.data.blocks import TransformBlock
 from imageblocks.data.datasets import Datasets, LoaderItems, inference_pipeline
 from imageblocks.errors import CollateError, ItemError
 from imageblocks.launcher import local_device
+from imageblocks.runtime import release_inherited_memory
 from imageblocks.show import show_batch
 
 
@@ -139,6 +140,7 @@ def collate(samples: Sequence[Any], _k: int | None = None) -> Any:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # each worker decodes on one core; the main process keeps the rest
+    release_inherited_memory()  # or the trainer's writes to its kept heap copy it (runtime.py)
 
 
 def _to(b: Any, device: torch.device, non_blocking: bool) -> Any:
