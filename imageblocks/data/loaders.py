@@ -8,6 +8,7 @@ loader reads only its process's `Shard`, which the run gives it; the loader join
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
@@ -139,6 +140,11 @@ def collate(samples: Sequence[Any], _k: int | None = None) -> Any:
 
 
 def _worker_init(_: int) -> None:
+    # The parent's objects are never collected here: among them may be garbage not yet collected
+    # in the parent, such as an ONNX Runtime session (predict's) whose thread pool, destroyed in
+    # a forked child, waits forever on the parent's threads; and collecting would write to (copy)
+    # their pages.
+    gc.freeze()
     torch.set_num_threads(1)  # each worker decodes on one core; the main process keeps the rest
     release_inherited_memory()  # or the trainer's writes to its kept heap copy it (runtime.py)
 
