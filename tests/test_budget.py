@@ -293,6 +293,8 @@ def test_a_cpu_budget_leaves_out_sizes_the_memory_cannot_hold(voc, monkeypatch):
 
 @pytest.mark.parametrize("valley, lr", [(1.6e-4, 2e-4), (5e-1, 2e-2), (7.6e-3, 7.6e-3)])
 def test_a_short_range_test_sweeps_five_decades_and_stays_near_the_default(voc, valley, lr):
+    from imageblocks.data.sizing import input_size
+
     clock = FakeClock()
     learn = _learner(voc, clock)
     calls = []
@@ -302,8 +304,9 @@ def test_a_short_range_test_sweeps_five_decades_and_stays_near_the_default(voc, 
         return SimpleNamespace(valley=valley)
 
     learn.lr_find = lr_find
-    report = learn.fine_tune_budget(400, clock=clock, log=lambda line: None)
+    budget = Budget(400, clock).start()
+    finals = final_sizes(input_size(learn.dls))
+    _, got, source = budget_module._measure(learn, finals, budget, None, lambda line: None)
     assert calls and calls[0][:2] == (1e-5, 1.0) and 12 <= calls[0][2] <= 60
-    assert report["plan"]["lr"] == pytest.approx(lr)
-    kept = "kept within 10x of 0.002" in report["plan"]["lr_source"]
-    assert kept == (lr != valley)
+    assert got == pytest.approx(lr)
+    assert ("kept within 10x of 0.002" in source) == (lr != valley)
