@@ -135,7 +135,12 @@ def _train_args(voc, out) -> list[str]:
 
 
 def _start_and_wait_for_checkpoint(args: list[str], ckpt) -> subprocess.Popen:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # started as a shell starts it, with Ctrl-C's default action (not an ignored SIGINT that a
+    # process before it in the suite may have left, which Python would keep ignoring)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while not ckpt.exists():
         assert proc.poll() is None, proc.communicate()
