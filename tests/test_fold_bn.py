@@ -66,3 +66,29 @@ def test_a_fold_that_changes_the_outputs_is_dropped_when_checked():
     x = torch.randn(2, 3, 8, 8)
     assert fold_batchnorm(model)[1] == 1  # unchecked: registration order taken at its word
     assert fold_batchnorm(model, check=x) == (model, 0)
+
+
+def test_validation_runs_a_folded_copy_with_the_model_s_outputs(voc):
+    from imageblocks.learn.learner import vision_learner
+    from imageblocks.learn.predict import eval_model
+    from imageblocks.transforms.item import Resize
+    from tests.conftest import voc_block
+
+    df, dblock = voc_block(voc, Resize(32))
+    dls = dblock.dataloaders(df, bs=4, num_workers=0)
+    learn = vision_learner(dls, "resnet18", pretrained=False, precision="fp32")
+    trained_stats(learn.model)
+    learn.model.eval()
+    xs, ys = learn.split_batch(dls.valid.one_batch())
+    folded = eval_model(learn, xs[0])
+    assert folded is not learn.model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    preds, _ = learn.get_preds()
+    with torch.no_grad():
+        want = torch.cat([learn.model(learn.split_batch(b)[0][0]).sigmoid() for b in dls.valid])
+    assert torch.allclose(preds, want, atol=1e-5)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in learn.model.modules())  # untouched
+    conv = next(m for m in learn.model.modules() if isinstance(m, nn.Conv2d))
+    handle = conv.register_forward_hook(lambda *a: None)  # as Grad-CAM's would
+    assert eval_model(learn, xs[0]) is learn.model
+    handle.remove()

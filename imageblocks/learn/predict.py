@@ -8,10 +8,12 @@ share these functions, so a decision (a threshold, a point's pixel) is made in o
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from imageblocks.data.blocks import Task, task_of
 from imageblocks.data.loaders import DataLoader, collate
@@ -20,6 +22,7 @@ from imageblocks.image import decode_image
 from imageblocks.learn import distributed
 from imageblocks.learn.inference import one_thread
 from imageblocks.learn.thresholds import decision_thresholds
+from imageblocks.models.fold_bn import fold_batchnorm, has_hooks
 from imageblocks.transforms.item import source_region
 from imageblocks_runtime import records
 from imageblocks_runtime.preprocess import to_pixels
@@ -51,6 +54,23 @@ def activation(loss_func: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return getattr(loss_func, "activation", _identity)
 
 
+# whether a model folds (checked once against its own outputs); weak: a model dropped is forgotten
+_FOLDS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def eval_model(learn: Learner, x: torch.Tensor) -> nn.Module:
+    """The module an evaluation pass runs: a copy of the model with each batch-norm folded into
+    its convolution (models/fold_bn.py: the same outputs, fewer passes over the activations),
+    checked against the model on `x` the first time; the model itself where that cannot be
+    done (forward hooks watching it, a layout the check rejects)."""
+    model = learn.model
+    if _FOLDS.get(model) is False or has_hooks(model):
+        return model
+    folded, n = fold_batchnorm(model, check=None if model in _FOLDS else x[:4])
+    _FOLDS[model] = n > 0
+    return folded
+
+
 @torch.no_grad()
 def raw_preds(learn: Learner, dl: DataLoader, with_input: bool = False) -> tuple:
     """Raw model outputs, targets (and inputs) for every batch of `dl`, concatenated; under
@@ -63,10 +83,13 @@ def raw_preds(learn: Learner, dl: DataLoader, with_input: bool = False) -> tuple
     learn.model.eval()
     distributed.sync_buffers(learn.model)
     preds, targs, inputs = [], [], []
+    model = None
     for b in distributed.shard_loader(dl):
         xs, ys = learn.split_batch(b)
+        if model is None:
+            model = eval_model(learn, xs[0]) if len(xs) == 1 else learn.model
         with learn.autocast():
-            out = learn.model(*xs)
+            out = model(*xs)
         preds.append(out.float())
         if ys:
             targs.append(ys[0])
