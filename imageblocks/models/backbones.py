@@ -26,6 +26,7 @@ from torch import nn
 from imageblocks.download import DownloadError, download_url, file_sha256
 from imageblocks.errors import ImageblocksError
 from imageblocks.models.head import create_head
+from imageblocks.models.relu6 import use_lean_relu6
 from imageblocks.models.same_conv import use_same_conv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -304,6 +305,7 @@ def create_body(
         model = timm.create_model(spec.timm_name, num_classes=0, global_pool="", in_chans=n_in)
         source = None
     use_same_conv(model)  # TF-padded convolutions without the per-batch pad copy
+    use_lean_relu6(model)  # in-place ReLU6 without a saved copy of its input
     cfg = model.pretrained_cfg
     # Measured, not read from `num_features`: some timm heads (MobileNetV3's conv_head) keep
     # layers that also run on unpooled maps and change the channel count.
