@@ -557,7 +557,17 @@ def main() -> None:
         **results,
     }
     md = markdown(result)
-    print(write_results("", name, args.quick and not args.tiny, result, md, Path(args.results)))
+    quick = args.quick and not args.tiny
+    print(
+        write_results("", run_file_name(name, args.recipes), quick, result, md, Path(args.results))
+    )
+
+
+def run_file_name(machine: str, recipes: list[str]) -> str:
+    """The results' name: the machine's, and the recipes' where a run left one out (so a run of
+    one recipe does not overwrite a whole run's results)."""
+    recipes = sorted(set(recipes))
+    return machine if recipes == ["multilabel", "points"] else "-".join([machine, *recipes])
 
 
 def results_file(

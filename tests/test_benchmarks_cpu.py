@@ -42,6 +42,12 @@ def test_results_are_named_by_cores_model_and_class():
     assert run.machine_name("cpu") == cpu_features.machine_name()
 
 
+def test_a_run_of_one_recipe_does_not_overwrite_a_whole_run():
+    assert run.run_file_name("cpu2-X-avx2", ["points", "multilabel"]) == "cpu2-X-avx2"
+    assert run.run_file_name("cpu2-X-avx2", ["points"]) == "cpu2-X-avx2-points"
+    assert run.run_file_name("cpu2-X-avx2", ["multilabel"]) == "cpu2-X-avx2-multilabel"
+
+
 def test_isa_env_caps_every_library_and_keeps_the_rest():
     env = cpu_features.isa_env("avx2", {"PATH": "/bin", "ONEDNN_MAX_CPU_ISA": "ALL"})
     assert env == {

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imageblocks.models.replace import replace_modules
+
 
 class _ReLU6InPlace(torch.autograd.Function):
     """clamp(x, 0, 6) in place, with the gradient masked by the output."""
@@ -34,9 +36,10 @@ class _ReLU6InPlace(torch.autograd.Function):
 
 
 def _records_gradient(x: torch.Tensor) -> bool:
-    """Whether autograd records `x` here (not in an export trace, where plain ops are wanted)."""
+    """Whether autograd records an in-place op on `x` here (not in an export trace)."""
     return (
         x.requires_grad
+        and not x.is_leaf
         and torch.is_grad_enabled()
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
@@ -50,15 +53,13 @@ class LeanReLU6(nn.ReLU6):
         super().__init__(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _records_gradient(x) and not x.is_leaf:
+        if _records_gradient(x):
             return _ReLU6InPlace.apply(x)
-        return F.hardtanh(x, 0.0, 6.0, self.inplace)
+        return F.hardtanh_(x, 0.0, 6.0)
 
 
 def use_lean_relu6(model: nn.Module) -> nn.Module:
     """Replace every in-place `nn.ReLU6` in `model` by a `LeanReLU6`."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.ReLU6 and child.inplace:
-                setattr(parent, name, LeanReLU6())
-    return model
+    return replace_modules(
+        model, lambda child: LeanReLU6() if type(child) is nn.ReLU6 and child.inplace else None
+    )

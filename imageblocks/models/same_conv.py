@@ -31,6 +31,8 @@ from timm.layers.conv2d_same import conv2d_same
 from timm.layers.padding import get_same_padding
 from torch import nn
 
+from imageblocks.models.replace import replace_modules
+
 _STATIC = contextvars.ContextVar("imageblocks_static_same_padding", default=False)
 
 
@@ -107,23 +109,25 @@ class SameConv2d(nn.Conv2d):
         return F.conv2d(x, weight, self.bias, *args)
 
 
+def _same_conv(child: nn.Module) -> SameConv2d | None:
+    """A `SameConv2d` sharing the parameters of a timm `Conv2dSame`, None for anything else."""
+    if type(child) is not Conv2dSame:
+        return None
+    conv = SameConv2d(
+        child.in_channels,
+        child.out_channels,
+        child.kernel_size,
+        child.stride,
+        0,
+        child.dilation,
+        child.groups,
+        child.bias is not None,
+        device="meta",
+    )
+    conv.weight, conv.bias = child.weight, child.bias
+    return conv
+
+
 def use_same_conv(model: nn.Module) -> nn.Module:
     """Replace every timm `Conv2dSame` in `model` by a `SameConv2d` sharing its parameters."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not Conv2dSame:
-                continue
-            conv = SameConv2d(
-                child.in_channels,
-                child.out_channels,
-                child.kernel_size,
-                child.stride,
-                0,
-                child.dilation,
-                child.groups,
-                child.bias is not None,
-                device="meta",
-            )
-            conv.weight, conv.bias = child.weight, child.bias
-            setattr(parent, name, conv)
-    return model
+    return replace_modules(model, _same_conv)
