@@ -9,6 +9,7 @@ batch sizes, which set the peak, and cuts what only adds time: one epoch a phase
 
     .venv/bin/python benchmarks/notebook_memory.py --short   # on 2 cores: about 15 minutes
     .venv/bin/python benchmarks/notebook_memory.py           # the whole notebook, as the book
+    .venv/bin/python benchmarks/notebook_memory.py --short --isa avx2  # an AVX2-only CPU's code paths
 """
 
 from __future__ import annotations
@@ -157,7 +158,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--short", action="store_true", help="book sizes, fewer steps (the peak)")
     ap.add_argument("--out", default=str(ROOT / "results"))
+    ap.add_argument(
+        "--isa",
+        default="native",
+        choices=list(cpu_features.ISA_ENV),
+        help="run the kernel on this CPU class's code paths (avx2: float32, as on a laptop)",
+    )
     args = ap.parse_args()
+    os.environ.update(cpu_features.isa_env(args.isa))  # the kernel inherits it
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the README tells notebook users
     from imageblocks.data.sources import URLs, untar_data
 
@@ -166,11 +174,13 @@ def main() -> None:
     cells = notebook_cells(args.short)
     with tempfile.TemporaryDirectory() as work:  # the notebook's exports land here
         measured = run_notebook(cells, Path(work))
+    machine = cpu_features.machine_name() + ("" if args.isa == "native" else f"-{args.isa}")
     result = {
-        "machine": cpu_features.machine_name(),
+        "machine": machine,
+        "isa": args.isa,
         "cpu": cpu_features.cpu_record(probe_onednn=False),
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/notebook_memory.py" + (" --short" if args.short else ""),
+        "command": "python benchmarks/notebook_memory.py " + " ".join(sys.argv[1:]),
         "short": args.short,
         **measured,
     }
