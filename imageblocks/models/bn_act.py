@@ -35,19 +35,8 @@ def _affine_relu6(xhat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
 
 
 @dataclass(eq=False)
-class _Output:
-    """A layer's output as the forward made it: kept to recognise it when autograd saves it."""
-
-    ref: weakref.ref
-    version: int
-    xhat: torch.Tensor
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-
-@dataclass(eq=False)
 class _Recompute:
-    """What a saved-tensor hook stores instead of a layer's output."""
+    """What a saved-tensor hook stores instead of a layer's output: how to make it again."""
 
     xhat: torch.Tensor
     weight: torch.Tensor
@@ -70,7 +59,9 @@ class _Outer:
     packed: object
 
 
-_outputs: contextvars.ContextVar[dict[int, _Output] | None] = contextvars.ContextVar(
+# id(output) -> (the output, weakly; its version; its recipe), while a forward runs
+_Outputs = dict[int, tuple[weakref.ref, int, _Recompute]]
+_outputs: contextvars.ContextVar[_Outputs | None] = contextvars.ContextVar(
     "lean_bn_outputs", default=None
 )
 
@@ -89,14 +80,13 @@ def lean_saved_activations() -> Iterator[None]:
     if not torch.is_grad_enabled() or _outputs.get() is not None or not hooks_enabled():
         yield
         return
-    outputs: dict[int, _Output] = {}
+    outputs: _Outputs = {}
     outer = _outer_hooks()
 
     def pack(t: torch.Tensor) -> object:
-        out = outputs.get(id(t))
-        if out is not None and out.ref() is t and t._version == out.version:
-            versions = (out.weight._version, out.bias._version)
-            return _Recompute(out.xhat, out.weight, out.bias, versions)
+        ref, version, recipe = outputs.get(id(t), (None, None, None))
+        if ref is not None and ref() is t and t._version == version:
+            return recipe
         return _Outer(outer[0](t)) if outer else t
 
     def unpack(packed: object) -> torch.Tensor:
@@ -192,8 +182,9 @@ class LeanBatchNormAct2d(BatchNormAct2d):
         )
         outputs = _outputs.get()
         if outputs is not None:
-            xhat = y.grad_fn.saved_tensors[0]
-            outputs[id(y)] = _Output(weakref.ref(y), y._version, xhat, self.weight, self.bias)
+            xhat, w, b = y.grad_fn.saved_tensors[0], self.weight, self.bias
+            recipe = _Recompute(xhat, w, b, (w._version, b._version))
+            outputs[id(y)] = (weakref.ref(y), y._version, recipe)
         return y
 
 
