@@ -174,6 +174,18 @@ def dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "float32"
 
 
+def warm_page_cache(*folders: Path) -> int:
+    """Read every file under `folders` once, untimed, so each side's first pass starts with the
+    same files in the page cache (the host may evict cold pages between sides: the first side
+    would read from disk, the second from memory); returns the bytes read."""
+    n = 0
+    for folder in folders:
+        for f in sorted(Path(folder).rglob("*")):
+            if f.is_file():
+                n += len(f.read_bytes())
+    return n
+
+
 def split_sizes(args: argparse.Namespace) -> tuple[int, int]:
     """(train, valid) items per recipe with --quick or --tiny."""
     return (TINY_TRAIN, TINY_VALID) if args.tiny else (QUICK_TRAIN, QUICK_VALID)
@@ -535,7 +547,7 @@ def main() -> None:
             results[side] = json.loads(Path(args.fastai_result).read_text())
             log(f"== fastai: reusing {args.fastai_result}")
             continue
-        log(f"== {side}: {' '.join(cmd)}")
+        log(f"== {side}: {' '.join(cmd)} ({warm_page_cache(pascal, biwi) / 2**20:.0f} MB read)")
         t0 = time.perf_counter()
         subprocess.run(
             cmd, check=True, stdout=subprocess.DEVNULL, env=env, timeout=args.side_timeout

@@ -48,6 +48,15 @@ def test_a_run_of_one_recipe_does_not_overwrite_a_whole_run():
     assert run.run_file_name("cpu2-X-avx2", ["multilabel"]) == "cpu2-X-avx2-multilabel"
 
 
+def test_each_side_starts_with_every_data_file_read(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "1.jpg").write_bytes(b"x" * 10)
+    (tmp_path / "a" / "b" / "2.jpg").write_bytes(b"y" * 5)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "3.txt").write_bytes(b"z")
+    assert run.warm_page_cache(tmp_path / "a", tmp_path / "c") == 16
+
+
 def test_isa_env_caps_every_library_and_keeps_the_rest():
     env = cpu_features.isa_env("avx2", {"PATH": "/bin", "ONEDNN_MAX_CPU_ISA": "ALL"})
     assert env == {
