@@ -34,10 +34,15 @@ from torch import nn
 from imageblocks.models.replace import replace_modules
 
 
-def _affine_relu6(xhat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """clamp(weight·x̂ + bias, 0, 6), per channel: the forward's output and its recomputation."""
+def _affine(xhat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """weight·x̂ + bias, per channel: the batch-norm output before the ReLU6."""
     shape = (1, -1, 1, 1)
-    return torch.addcmul(bias.view(shape), xhat, weight.view(shape)).clamp_(0.0, 6.0)
+    return torch.addcmul(bias.view(shape), xhat, weight.view(shape))
+
+
+def _affine_relu6(xhat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """clamp(weight·x̂ + bias, 0, 6): the forward's output and its recomputation."""
+    return _affine(xhat, weight, bias).clamp_(0.0, 6.0)
 
 
 @dataclass(eq=False)
@@ -132,10 +137,7 @@ class _BatchNormReLU6(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:
         xhat, weight, bias, invstd = ctx.saved_tensors
-        shape = (1, -1, 1, 1)
-        z = torch.addcmul(bias.view(shape), xhat, weight.view(shape))
-        grad = torch.ops.aten.hardtanh_backward(grad, z, 0.0, 6.0)
-        del z
+        grad = torch.ops.aten.hardtanh_backward(grad, _affine(xhat, weight, bias), 0.0, 6.0)
         mask = list(ctx.needs_input_grad[:3])
         # x̂ has mean 0 and 1/std 1, so ATen's kernel on it, with the weight scaled by the true
         # 1/std, gives the gradient of the input
