@@ -1,0 +1,175 @@
+"""One BIWI-sized training step's peak memory and time, per allocator setting and batch-norm layer.
+
+Each configuration runs in its own process (a fresh heap): EfficientNet-Lite0 with the key-point
+head, unfrozen, AdamW, a new 64x3x240x320 float32 batch each step. It records the median step time
+(the first step left out), the process's max RSS, and glibc's heap after each forward and backward
+(`mallinfo2`: heap size and bytes in use), which shows how much of the peak is fragmentation.
+
+- allocator `kept`: training's setting (`imageblocks.runtime.keep_freed_memory`: no trim, no mmap);
+  `glibc`: glibc's defaults (every block over 32 MB a fresh mmap, its pages faulted in again);
+  `mmap64`: kept, except blocks of 64 MB and more, which are mmapped.
+- layer `timm`: timm's BatchNormAct2d; `lean`: `imageblocks.models.bn_act.LeanBatchNormAct2d`.
+
+    .venv/bin/python benchmarks/step_memory.py --isa avx2   # 6 configurations, about 10 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+try:
+    import cpu_features  # run as a script: this folder is on sys.path
+except ImportError:  # imported as benchmarks.step_memory (the tests)
+    from benchmarks import cpu_features
+
+ROOT = Path(__file__).resolve().parent
+ALLOCATORS = ("kept", "glibc", "mmap64")
+LAYERS = ("timm", "lean")
+_M_MMAP_THRESHOLD, _M_MMAP_MAX = -3, -4
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def heap_mb() -> dict[str, float]:
+    """glibc's main heap now: its size and the bytes in use, in MB."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return {"heap_mb": info.arena / 2**20, "in_use_mb": info.uordblks / 2**20}
+
+
+def set_allocator(allocator: str) -> None:
+    """Apply one of ALLOCATORS to this process's glibc malloc."""
+    from imageblocks import runtime
+
+    if allocator == "glibc":
+        return
+    if not runtime.keep_freed_memory():
+        raise SystemExit("the kept heap is not available here (not glibc, or MALLOC_* set)")
+    if allocator == "mmap64":
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_MAX, 65536)
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+
+
+def one_config(allocator: str, layer: str, steps: int, bs: int, size: tuple[int, int]) -> dict:
+    """Train `steps` steps in this process; the step record (times, max RSS, heap after each half)."""
+    import contextlib
+    import resource
+
+    import torch
+
+    from imageblocks.models.backbones import create_vision_model
+    from imageblocks.models.bn_act import lean_saved_activations, use_lean_bn_act
+
+    set_allocator(allocator)
+    torch.manual_seed(0)
+    model = create_vision_model("efficientnet_lite0", 2, y_range=(-1, 1))
+    if layer == "lean":
+        use_lean_bn_act(model[0])
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    target = torch.randn(bs, 2)
+    saving = lean_saved_activations if layer == "lean" else contextlib.nullcontext
+    times, heaps = [], []
+    for _ in range(steps):
+        batch = torch.randn(bs, 3, *size)  # a new batch each step, as a loader gives
+        start = time.perf_counter()
+        with saving():
+            out = model(batch)
+        after_forward = heap_mb()
+        torch.nn.functional.mse_loss(out, target).backward()
+        heaps.append({"forward": after_forward, "backward": heap_mb()})
+        opt.step()
+        opt.zero_grad()
+        del out
+        times.append(time.perf_counter() - start)
+    return {
+        "allocator": allocator,
+        "layer": layer,
+        "step_s": statistics.median(times[1:] or times),
+        "times_s": times,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "heap": heaps,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as a table, one row per configuration."""
+    rows = [
+        f"# One training step's memory: {result['cpu']['model']}, `--isa {result['isa']}`, "
+        f"batch {result['bs']} x {result['size'][0]}x{result['size'][1]}, float32\n",
+        "| allocator | batch-norm | step (s) | max RSS (MB) | heap after forward / in use (MB) "
+        "| largest heap (MB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for c in result["configs"]:
+        last = c["heap"][-1]
+        largest = max(h["backward"]["heap_mb"] for h in c["heap"])
+        rows.append(
+            f"| {c['allocator']} | {c['layer']} | {c['step_s']:.2f} | {c['max_rss_mb']:.0f} "
+            f"| {last['forward']['heap_mb']:.0f} / {last['forward']['in_use_mb']:.0f} "
+            f"| {largest:.0f} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--isa", default="native", choices=list(cpu_features.ISA_ENV))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--size", type=int, nargs=2, default=(240, 320))
+    parser.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=ALLOCATORS)
+    parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS)
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--one", nargs=2, metavar=("ALLOCATOR", "LAYER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        record = one_config(*args.one, args.steps, args.bs, tuple(args.size))
+        print(json.dumps(record))
+        return
+    env = cpu_features.isa_env(args.isa)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    configs = []
+    for allocator in args.allocators:
+        for layer in args.layers:
+            cmd = [sys.executable, __file__, "--one", allocator, layer, "--steps", str(args.steps)]
+            cmd += ["--bs", str(args.bs), "--size", *map(str, args.size)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            configs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            c = configs[-1]
+            print(
+                f"{allocator:7s} {layer:5s} step {c['step_s']:.2f} s, max RSS {c['max_rss_mb']:.0f} MB"
+            )
+    result = {
+        "cpu": cpu_features.cpu_record(),
+        "isa": args.isa,
+        "bs": args.bs,
+        "size": list(args.size),
+        "steps": args.steps,
+        "configs": configs,
+    }
+    suffix = "" if args.isa == "native" else f"-{args.isa}"
+    stem = f"step-memory-{cpu_features.machine_name().replace(' ', '-')}{suffix}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(result))
+    print(f"wrote {args.out / stem}.json/.md")
+
+
+if __name__ == "__main__":
+    main()
