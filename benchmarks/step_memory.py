@@ -27,8 +27,10 @@ from typing import Any
 
 try:
     import cpu_features  # run as a script: this folder is on sys.path
+    import run as side
 except ImportError:  # imported as benchmarks.step_memory (the tests)
     from benchmarks import cpu_features
+    from benchmarks import run as side
 
 ROOT = Path(__file__).resolve().parent
 ALLOCATORS = ("kept", "glibc", "mmap64")
@@ -163,12 +165,8 @@ def main() -> None:
         "steps": args.steps,
         "configs": configs,
     }
-    suffix = "" if args.isa == "native" else f"-{args.isa}"
-    stem = f"step-memory-{cpu_features.machine_name().replace(' ', '-')}{suffix}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result))
-    print(f"wrote {args.out / stem}.json/.md")
+    machine = cpu_features.machine_name() + ("" if args.isa == "native" else f"-{args.isa}")
+    print(side.write_results("step-memory-", machine, False, result, markdown(result), args.out))
 
 
 if __name__ == "__main__":
