@@ -98,14 +98,15 @@ def test_the_cli_makes_idle_threads_sleep_before_torch_is_imported_unless_the_us
 
 
 def test_fit_and_lr_find_keep_freed_memory_and_predict_does_not(voc, monkeypatch):
-    calls = []
+    calls, released = [], []
     monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "release_kept_memory", lambda: released.append(1))
     set_seed(0)
     df, dblock = voc_block(voc, Resize(64))
     learn = vision_learner(dblock.dataloaders(df, bs=4, num_workers=0), "efficientnet_lite0")
     learn.predict(PILImage.create(voc / "train" / "000001.jpg"))
     assert calls == []  # a service or a script that only predicts gives memory back
     learn.lr_find(num_it=2, show_plot=False)
-    assert len(calls) == 1
+    assert len(calls) == 1 and len(released) == 1  # the memory a fit kept goes back at its end
     learn.fit(1, 1e-3)
-    assert len(calls) == 2
+    assert len(calls) == 2 and len(released) == 2

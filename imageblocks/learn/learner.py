@@ -288,7 +288,12 @@ class Learner:
         The model and optimiser are restored afterwards. Returns `SuggestedLRs(valley=...)`.
         """
         runtime.keep_freed_memory()  # as every fit does: see imageblocks/runtime.py
-        self.lr_find_lrs, self.lr_find_losses = range_test(self, start_lr, end_lr, num_it, stop_div)
+        try:
+            self.lr_find_lrs, self.lr_find_losses = range_test(
+                self, start_lr, end_lr, num_it, stop_div
+            )
+        finally:
+            runtime.release_kept_memory()
         suggestions, points = suggest(self.lr_find_lrs, self.lr_find_losses, suggest_funcs)
         if show_plot:
             self.lr_find_figure = plot_lr_find(

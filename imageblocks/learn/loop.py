@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from imageblocks import runtime
 from imageblocks.learn import callbacks, distributed
 from imageblocks.learn.callbacks import Callback, as_callbacks
 from imageblocks.learn.checkpoint import Checkpointer, check_plan, load_checkpoint, restore
@@ -51,23 +52,37 @@ def run_plan(learn: Learner, plan: TrainingPlan, cbs: Any, checkpoint: Any, resu
     if learn.opt is None:
         learn.create_opt()
     learn.plan = plan
-    with weight_decay(learn.opt, plan.wd):
-        for k, phase in enumerate(plan.phases):
-            if state is not None and k < state["phase"]:
+    try:
+        with weight_decay(learn.opt, plan.wd):
+            _run_phases(learn, plan, cbs, state, checkpointer)
+    finally:
+        runtime.release_kept_memory()
+
+
+def _run_phases(
+    learn: Learner,
+    plan: TrainingPlan,
+    cbs: Sequence[Callback],
+    state: dict | None,
+    checkpointer: Checkpointer | None,
+) -> None:
+    """The plan's phases, from the one a restored checkpoint was in."""
+    for k, phase in enumerate(plan.phases):
+        if state is not None and k < state["phase"]:
+            continue
+        if phase.frozen is not None:
+            learn.freeze() if phase.frozen else learn.unfreeze()
+        start, recorder_state = 0, None
+        if state is not None:  # the phase the killed run was in
+            restore(learn, state)
+            start, recorder_state, state = state["epoch"], state["recorder"], None
+            if start >= phase.epochs:
                 continue
-            if phase.frozen is not None:
-                learn.freeze() if phase.frozen else learn.unfreeze()
-            start, recorder_state = 0, None
-            if state is not None:  # the phase the killed run was in
-                restore(learn, state)
-                start, recorder_state, state = state["epoch"], state["recorder"], None
-                if start >= phase.epochs:
-                    continue
-            if checkpointer is not None:
-                checkpointer.phase = k
-            learn.phase = k
-            lrs, moms = phase.schedule(len(learn.layer_groups()), len(learn.dls.train))
-            run_epochs(learn, phase.epochs, lrs, moms, cbs, start, recorder_state, checkpointer)
+        if checkpointer is not None:
+            checkpointer.phase = k
+        learn.phase = k
+        lrs, moms = phase.schedule(len(learn.layer_groups()), len(learn.dls.train))
+        run_epochs(learn, phase.epochs, lrs, moms, cbs, start, recorder_state, checkpointer)
 
 
 def run_epochs(
