@@ -25,6 +25,7 @@ from torch import nn
 
 from imageblocks.download import DownloadError, download_url, file_sha256
 from imageblocks.errors import ImageblocksError
+from imageblocks.models.bn_act import lean_saved_activations, use_lean_bn_act
 from imageblocks.models.head import create_head
 from imageblocks.models.relu6 import use_lean_relu6
 from imageblocks.models.same_conv import use_same_conv
@@ -306,6 +307,7 @@ def create_body(
         source = None
     use_same_conv(model)  # TF-padded convolutions without the per-batch pad copy
     use_lean_relu6(model)  # in-place ReLU6 without a saved copy of its input
+    use_lean_bn_act(model)  # batch-norm + ReLU6 keeping one activation for the backward
     cfg = model.pretrained_cfg
     # Measured, not read from `num_features`: some timm heads (MobileNetV3's conv_head) keep
     # layers that also run on unpooled maps and change the channel count.
@@ -410,7 +412,8 @@ class VisionModel(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Body (in the autocast dtype when mixed precision is on), then the head in float32."""
-        features = self[0](x)
+        with lean_saved_activations():
+            features = self[0](x)
         device = features.device.type
         if torch.is_autocast_enabled(device):
             # a bfloat16 head would round regression outputs to ~3 significant digits

@@ -12,11 +12,11 @@ forward) that stores a recipe in place of the output. The cost is a few elementw
 layer in the backward. Hand-written because no library offers it for ReLU6 (inplace-abn's
 trick needs an invertible activation); float32 only, where the memory is (bfloat16 keeps timm's).
 
-Not on by default: `use_lean_bn_act(model)` swaps it in, and the forward must run inside
-`lean_saved_activations()`. With glibc's default allocator a BIWI step (64x240x320, float32)
-peaked at 4.3 GB instead of 6.4 GB, but with the freed-memory setting training uses
-(`imageblocks.runtime.keep_freed_memory`) the kept heap fragments more and the process peaked
-higher than with timm's layer (8.7 against 8.4 GB): the allocator has to change with it.
+On by default in `create_body` (`use_lean_bn_act`, the forward inside
+`lean_saved_activations()`), since training's allocator became the block cache
+(`imageblocks.block_cache`): with glibc's kept heap the lean layer's saving was lost to
+fragmentation (a BIWI step, 64x240x320 float32, peaked at 8.7 GB against 8.4 GB with timm's
+layer); with the block cache the same step peaks at 4.0-4.6 GB (`benchmarks/step_memory.py`).
 """
 
 from __future__ import annotations
