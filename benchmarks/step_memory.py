@@ -5,12 +5,16 @@ head, unfrozen, AdamW, a new 64x3x240x320 float32 batch each step. It records th
 (the first step left out), the process's max RSS, and glibc's heap after each forward and backward
 (`mallinfo2`: heap size and bytes in use), which shows how much of the peak is fragmentation.
 
-- allocator `kept`: training's setting (`imageblocks.runtime.keep_freed_memory`: no trim, no mmap);
+- allocator `kept`: glibc's heap kept (`imageblocks.runtime.keep_freed_memory`: no trim, no mmap)
+  with the block cache turned off (`IMAGEBLOCKS_BLOCK_CACHE=0`), training's setting before it;
   `glibc`: glibc's defaults (every block over 32 MB a fresh mmap, its pages faulted in again);
-  `mmap64`: kept, except blocks of 64 MB and more, which are mmapped.
-- layer `timm`: timm's BatchNormAct2d; `lean`: `imageblocks.models.bn_act.LeanBatchNormAct2d`.
+  `mmap64`: kept, except blocks of 64 MB and more, which are mmapped; `cache`: kept, with blocks
+  of 1 MB and more from the block cache (`imageblocks.block_cache`: exact-size reuse), training's
+  setting now.
+- layer `timm`: timm's BatchNormAct2d; `lean`: `imageblocks.models.bn_act.LeanBatchNormAct2d`
+  (the default body's).
 
-    .venv/bin/python benchmarks/step_memory.py --isa avx2   # 6 configurations, about 10 minutes
+    .venv/bin/python benchmarks/step_memory.py --isa avx2   # 8 configurations, about 12 minutes
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ except ImportError:  # imported as benchmarks.step_memory (the tests)
     from benchmarks import run as side
 
 ROOT = Path(__file__).resolve().parent
-ALLOCATORS = ("kept", "glibc", "mmap64")
+ALLOCATORS = ("kept", "glibc", "mmap64", "cache")
 LAYERS = ("timm", "lean")
 _M_MMAP_THRESHOLD, _M_MMAP_MAX = -3, -4
 
@@ -55,12 +59,21 @@ def heap_mb() -> dict[str, float]:
 
 def set_allocator(allocator: str) -> None:
     """Apply one of ALLOCATORS to this process's glibc malloc."""
+    import os
+
     from imageblocks import runtime
 
     if allocator == "glibc":
         return
+    if allocator != "cache":
+        os.environ["IMAGEBLOCKS_BLOCK_CACHE"] = "0"
     if not runtime.keep_freed_memory():
         raise SystemExit("the kept heap is not available here (not glibc, or MALLOC_* set)")
+    if allocator == "cache":
+        from imageblocks import block_cache
+
+        if not block_cache.installed():
+            raise SystemExit(block_cache.unavailable_reason)
     if allocator == "mmap64":
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_MMAP_MAX, 65536)
@@ -74,14 +87,15 @@ def one_config(allocator: str, layer: str, steps: int, bs: int, size: tuple[int,
 
     import torch
 
+    from imageblocks.models import backbones
     from imageblocks.models.backbones import create_vision_model
-    from imageblocks.models.bn_act import lean_saved_activations, use_lean_bn_act
+    from imageblocks.models.bn_act import lean_saved_activations
 
     set_allocator(allocator)
     torch.manual_seed(0)
+    if layer == "timm":  # the body as it was before the lean layer became the default
+        backbones.use_lean_bn_act = lambda model: model
     model = create_vision_model("efficientnet_lite0", 2, y_range=(-1, 1))
-    if layer == "lean":
-        use_lean_bn_act(model[0])
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     target = torch.randn(bs, 2)
