@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from imageblocks.utils import env_turned_off
 
 _SOURCE = Path(__file__).with_name("csrc") / "block_cache.cpp"
 _FIELDS = ("in_use", "cached", "peak", "hits", "misses", "evictions")
@@ -70,7 +71,7 @@ def install() -> bool:
         return True
     if unavailable_reason is not None:
         return False
-    if os.environ.get("IMAGEBLOCKS_BLOCK_CACHE", "1").strip().lower() in ("0", "false", "no"):
+    if env_turned_off("IMAGEBLOCKS_BLOCK_CACHE"):
         unavailable_reason = "turned off (IMAGEBLOCKS_BLOCK_CACHE=0)"
         return False
     try:

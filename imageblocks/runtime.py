@@ -40,6 +40,7 @@ import os
 import sys
 
 from imageblocks import block_cache
+from imageblocks.utils import env_turned_off
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -63,18 +64,13 @@ def _user_chose_allocator() -> bool:
     )
 
 
-def _opted_out() -> bool:
-    value = os.environ.get("IMAGEBLOCKS_KEEP_MEMORY", "1").strip().lower()
-    return value in ("0", "false", "no")
-
-
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to reuse freed memory rather than unmap it, once per process; True when
     it is in force."""
     global kept_freed_memory
     if kept_freed_memory:
         return True
-    if _opted_out() or _user_chose_allocator():
+    if env_turned_off("IMAGEBLOCKS_KEEP_MEMORY") or _user_chose_allocator():
         return False
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):

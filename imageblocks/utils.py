@@ -7,6 +7,7 @@ This module imports nothing from the rest of imageblocks, so any module may use 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from imageblocks_runtime.utils import atomic_write, fsync_dir, parse_duration, parse_size
@@ -14,11 +15,17 @@ from imageblocks_runtime.utils import atomic_write, fsync_dir, parse_duration, p
 __all__ = [
     "atomic_write",
     "callable_name",
+    "env_turned_off",
     "fsync_dir",
     "parse_duration",
     "parse_size",
     "unwrap_partial",
 ]
+
+
+def env_turned_off(name: str) -> bool:
+    """True when the environment variable `name` turns a default setting off (0, false, no)."""
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "no")
 
 
 def unwrap_partial(f: Any) -> Any:

@@ -157,6 +157,8 @@ BlockCache& cache() {
   return *instance;
 }
 
+// the raw deleter, for both kinds; tensors' small blocks carry c10::free_cpu itself, so their
+// frees skip the cache's lock and lookup
 void delete_block(void* ptr) {
   if (ptr != nullptr && !cache().give(ptr)) c10::free_cpu(ptr);
 }
@@ -164,14 +166,14 @@ void delete_block(void* ptr) {
 class CachingCPUAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t nbytes) override {
-    void* ptr = nullptr;
-    if (nbytes >= kLarge) {
-      ptr = cache().take(round_up(nbytes, kPage));
-      TORCH_CHECK(ptr != nullptr, "imageblocks block cache: could not map ", nbytes, " bytes");
-    } else {
-      ptr = c10::alloc_cpu(nbytes);
+    const c10::Device cpu(c10::DeviceType::CPU);
+    if (nbytes < kLarge) {
+      void* ptr = c10::alloc_cpu(nbytes);
+      return {ptr, ptr, &c10::free_cpu, cpu};
     }
-    return {ptr, ptr, &delete_block, c10::Device(c10::DeviceType::CPU)};
+    void* ptr = cache().take(round_up(nbytes, kPage));
+    TORCH_CHECK(ptr != nullptr, "imageblocks block cache: could not map ", nbytes, " bytes");
+    return {ptr, ptr, &delete_block, cpu};
   }
 
   c10::DeleterFnPtr raw_deleter() const override { return &delete_block; }
