@@ -124,3 +124,31 @@ def test_under_the_avx2_env_torch_reports_avx2_and_auto_is_float32():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out.splitlines()[-1]) == ["AVX2", "None"]
+
+
+def test_recipe_steps_table_gives_the_steady_steps_and_the_blocks_mapped_per_step():
+    from benchmarks import recipe_steps
+
+    def steps(misses):
+        return [{"s": 4.0 + i, "sys_s": 1.0, "minor_faults": 10, "misses": m} for i, m in misses]
+
+    result = {
+        "machine": "cpu2-Some-CPU-avx2",
+        "isa": "avx2",
+        "num_it": 6,
+        "workers": 2,
+        "command": "python benchmarks/recipe_steps.py",
+        "settings": {
+            "cache": {
+                "lr_find_s": 30.0, "sys_s": 6.0, "minor_faults": 60, "max_rss_mb": 4700,
+                "steps": steps(enumerate([100, 240, 380, 520, 660])),
+            },
+            "kept": {
+                "lr_find_s": 25.0, "sys_s": 2.0, "minor_faults": 600, "max_rss_mb": 8700,
+                "steps": [{"s": 4.0, "sys_s": 0.0, "minor_faults": 5}] * 5,
+            },
+        },
+    }  # fmt: skip
+    table = recipe_steps.markdown(result)
+    assert "| cache | 30.0 | 6.0 | 60 | 4700 | 7.0 | 1.0 | 140 |" in table
+    assert "| kept | 25.0 | 2.0 | 600 | 8700 | 4.0 | 0.0 | n/a |" in table
