@@ -7,7 +7,7 @@ system time and minor page faults, and the block cache's counters (requests that
 block, blocks unmapped to stay bounded, the largest working set, what is mapped). It shows whether
 the cache serves a whole recipe from what it keeps or maps (and faults in) memory every step.
 
-    .venv/bin/python benchmarks/recipe_steps.py --isa avx2       # 2 settings, about 3 minutes
+    .venv/bin/python benchmarks/recipe_steps.py --isa avx2       # both settings, one process each
 """
 
 from __future__ import annotations
