@@ -1,13 +1,16 @@
-"""The block cache: PyTorch's CPU allocator with an exact-size cache of large blocks, for training.
+"""The block cache: PyTorch's CPU allocator with a cache of large blocks that splits and merges them.
 
 Why it is hand-written: with glibc's heap kept (no trim, no mmap, `imageblocks.runtime`) a training
 step's backward fragments it (a 64x240x320 BIWI step: 5.3 GB in use after the forward, a 8.2-8.6 GB
 heap), and letting glibc unmap large blocks instead faults every page in again each step (+63% to
-+135% step time, `benchmarks/step_memory.py`). A step asks for the same sizes in the same order
-every time, so a cache keyed by exact size serves it without faults and without fragmenting. No
-maintained library swaps PyTorch's CPU allocator inside a running process (jemalloc or tcmalloc
-need `LD_PRELOAD` before it starts, which a notebook kernel cannot do), so the allocator is
-`csrc/block_cache.cpp` (c10 headers only), compiled once per PyTorch version through
++135% step time, `benchmarks/step_memory.py`). A cache keyed by exact size fixed the fragmentation
+but not the faults: a recipe's step (the batch augmentation's tensors between the model's) needs
+more distinct sizes at once than a bound near its peak holds, so it mapped 7.7 GB afresh every
+step (`benchmarks/recipe_steps.py`). So free blocks merge with their free neighbours and a request
+is carved from the smallest free block that holds it, as PyTorch's CUDA caching allocator does on
+the GPU. No maintained library swaps PyTorch's CPU allocator inside a running process (jemalloc
+or tcmalloc need `LD_PRELOAD` before it starts, which a notebook kernel cannot do), so the
+allocator is `csrc/block_cache.cpp` (c10 headers only), compiled once per PyTorch version through
 `torch.utils.cpp_extension` (about 2 s, cached under `TORCH_EXTENSIONS_DIR`). Where it cannot be
 built (no C++ compiler), training keeps glibc's heap as before and `unavailable_reason` says why;
 `IMAGEBLOCKS_BLOCK_CACHE=0` does the same by choice.
@@ -35,8 +38,9 @@ class _Stats(ctypes.Structure):
 
 @dataclass(frozen=True)
 class BlockCacheStats:
-    """The cache's counters: bytes of large blocks in use, cached and at most in use at once, and
-    how many requests were served from the cache, mapped anew, or unmapped to stay bounded."""
+    """The cache's counters: bytes of large blocks in use, free but mapped, and at most in use at
+    once; requests served from a free block and requests that mapped a segment; segments unmapped
+    to stay bounded."""
 
     in_use: int
     cached: int
@@ -92,7 +96,8 @@ def installed() -> bool:
 
 
 def release() -> None:
-    """Unmap every cached block, so the process's memory falls to what tensors hold (after a fit)."""
+    """Unmap every wholly free segment and drop the other free blocks' pages, so the process's
+    memory falls to what tensors hold (after a fit)."""
     if _library is not None:
         _library.imageblocks_block_cache_release()
 

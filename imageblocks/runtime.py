@@ -20,7 +20,7 @@ environment variable, no allocator option, no global hook. Two settings are appl
   with the trainer at 12 GB on a 24 GB machine; a 2 GB kept heap reused after forking two workers
   took the process tree from 4.2 to 2.7 GB (PSS). Blocks of 1 MB and more (activations, their
   gradients) come from the block cache (`imageblocks.block_cache`, installed here too), which
-  reuses them by exact size instead of fragmenting the heap: a 64x240x320 BIWI step's peak 8.4 ->
+  splits and merges its free blocks instead of fragmenting the heap: a 64x240x320 BIWI step's peak 8.4 ->
   7.3 GB, and 4.6 GB with the lean batch-norm layer it lets keep its saving (both defaults now). `release_kept_memory()`
   gives the cache and the heap's free pages back at the end of every fit, so a notebook's memory
   falls between cells.

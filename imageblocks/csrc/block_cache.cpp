@@ -1,11 +1,14 @@
-// PyTorch's CPU allocator with an exact-size cache for large blocks (see imageblocks/block_cache.py).
+// PyTorch's CPU allocator with a cache of large blocks that splits and merges (see imageblocks/block_cache.py).
 //
-// Blocks of 1 MB and more are mapped directly (mmap, transparent huge pages asked for) and, when
-// freed, kept for the next request of the same size: a training step asks for the same sizes in
-// the same order every step, so from the second step on nothing is faulted in again and nothing
-// fragments. The cache is bounded by 1.25x the largest working set seen: a request it cannot
-// serve unmaps the longest-unused blocks first. Smaller blocks go to c10's own alloc_cpu / free_cpu.
-// The C functions at the end are the whole interface (ctypes; no Python headers).
+// Blocks of 1 MB and more come from segments mapped directly (mmap, transparent huge pages asked
+// for). A freed block stays mapped and merges with free neighbours in its segment; a request is
+// served by the smallest free block that holds it, split when the rest is 1 MB or more (as
+// PyTorch's CUDA caching allocator does). A training step asks for the same sizes every step, so
+// from the second step on its blocks are carved from memory already faulted in, whatever the mix
+// of sizes. Mapped memory is bounded by 1.5x the largest working set seen: a request no free block
+// holds first unmaps wholly free segments, largest first. Smaller blocks go to c10's own
+// alloc_cpu / free_cpu. The C functions at the end are the whole interface (ctypes; no Python
+// headers).
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
@@ -16,14 +19,14 @@
 
 #include <cstdint>
 #include <cstring>
-#include <list>
 #include <mutex>
+#include <set>
 #include <unordered_map>
-#include <vector>
+#include <utility>
 
 namespace {
 
-constexpr size_t kLarge = size_t{1} << 20;  // blocks from here on are cached
+constexpr size_t kLarge = size_t{1} << 20;  // blocks from here on are cached; the smallest split
 constexpr size_t kHuge = size_t{2} << 20;   // transparent huge page size and alignment
 constexpr size_t kPage = 4096;
 
@@ -31,68 +34,89 @@ size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 struct Stats {
   uint64_t in_use;     // bytes of large blocks held by tensors
-  uint64_t cached;     // bytes of large blocks kept for reuse
+  uint64_t cached;     // bytes of free blocks kept mapped for reuse
   uint64_t peak;       // most bytes in use at once
-  uint64_t hits;       // requests served from the cache
-  uint64_t misses;     // requests that mapped a new block
-  uint64_t evictions;  // cached blocks unmapped to stay within the bound
+  uint64_t hits;       // requests served from a free block
+  uint64_t misses;     // requests that mapped a new segment
+  uint64_t evictions;  // wholly free segments unmapped to stay within the bound
 };
 
-struct Free {
-  void* ptr;
+// A run of bytes inside one segment; neighbours in address order, within the segment only.
+struct Block {
+  uintptr_t ptr;
   size_t size;
+  Block* prev;
+  Block* next;
+  bool free;
+  bool whole() const { return prev == nullptr && next == nullptr; }  // the segment itself
 };
+
+using FreeKey = std::pair<size_t, uintptr_t>;  // best fit: smallest size, then lowest address
 
 class BlockCache {
  public:
   void* take(size_t size) {
     std::lock_guard<std::mutex> lock(mu_);
-    void* ptr = nullptr;
-    auto found = by_size_.find(size);
-    if (found != by_size_.end() && !found->second.empty()) {
-      auto it = found->second.back();
-      found->second.pop_back();
-      ptr = it->ptr;
-      lru_.erase(it);
-      stats_.cached -= size;
+    Block* b = nullptr;
+    auto fit = free_.lower_bound(FreeKey{size, 0});
+    if (fit != free_.end()) {
+      b = by_ptr_.at(fit->second);
+      unlist(b);
       ++stats_.hits;
-    } else {
-      // stay within 1.25x the largest working set seen (or this one, if larger), unmapping the
-      // longest-unused blocks first: exact sizes need some room beyond the peak (a size freed just
-      // before a bigger one is asked for), or a repeating step would evict what it needs next
-      const size_t bound = std::max<size_t>(stats_.peak + stats_.peak / 4, stats_.in_use + size);
-      while (!lru_.empty() && stats_.in_use + stats_.cached + size > bound) evict_oldest();
-      ptr = map(size);
-      if (ptr == nullptr) {  // out of address space or memory: give back every cached block, once
-        while (!lru_.empty()) evict_oldest();
-        ptr = map(size);
-        if (ptr == nullptr) return nullptr;
+      if (b->size - size >= kLarge) {  // the rest stays free, for the next request it holds
+        Block* rest = new Block{b->ptr + size, b->size - size, b, b->next, true};
+        if (b->next != nullptr) b->next->prev = rest;
+        b->next = rest;
+        b->size = size;
+        by_ptr_[rest->ptr] = rest;
+        list(rest);
       }
+    } else {
+      const size_t bound = std::max<size_t>(stats_.peak + stats_.peak / 2, stats_.in_use + size);
+      evict_until(bound - size);
+      void* p = map(size);
+      if (p == nullptr) {  // out of address space or memory: give back every free segment, once
+        evict_until(0);
+        p = map(size);
+        if (p == nullptr) return nullptr;
+      }
+      b = new Block{reinterpret_cast<uintptr_t>(p), size, nullptr, nullptr, false};
+      by_ptr_[b->ptr] = b;
+      mapped_ += size;
       ++stats_.misses;
     }
-    live_[ptr] = size;
-    stats_.in_use += size;
+    b->free = false;
+    stats_.in_use += b->size;
     if (stats_.in_use > stats_.peak) stats_.peak = stats_.in_use;
-    return ptr;
+    return reinterpret_cast<void*>(b->ptr);
   }
 
-  // true when ptr was one of ours (now cached), false when it came from alloc_cpu
+  // true when ptr was one of ours (now free), false when it came from alloc_cpu
   bool give(void* ptr) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto found = live_.find(ptr);
-    if (found == live_.end()) return false;
-    const size_t size = found->second;
-    live_.erase(found);
-    stats_.in_use -= size;
-    lru_.push_back(Free{ptr, size});
-    by_size_[size].push_back(std::prev(lru_.end()));
-    stats_.cached += size;
+    auto found = by_ptr_.find(reinterpret_cast<uintptr_t>(ptr));
+    if (found == by_ptr_.end()) return false;
+    Block* b = found->second;
+    if (b->free) return true;  // never a tensor's: nothing to do
+    stats_.in_use -= b->size;
+    b->free = true;
+    if (b->next != nullptr && b->next->free) {
+      unlist(b->next);
+      join_next(b);
+    }
+    if (b->prev != nullptr && b->prev->free) {
+      b = b->prev;
+      unlist(b);
+      join_next(b);
+    }
+    list(b);
     return true;
   }
 
+  // Unmap every wholly free segment and drop the pages of the other free blocks.
   void release() {
     std::lock_guard<std::mutex> lock(mu_);
-    while (!lru_.empty()) evict_oldest();
+    give_back();
     stats_.peak = stats_.in_use;
   }
 
@@ -101,12 +125,12 @@ class BlockCache {
     return stats_;
   }
 
-  // fork: the child must not inherit a locked mutex; it gives the parent's cached blocks back so
+  // fork: the child must not inherit a locked mutex; it gives the parent's free blocks back so
   // they stay the parent's alone (copy-on-write would otherwise copy every page the parent reuses)
   void lock() { mu_.lock(); }
   void unlock() { mu_.unlock(); }
   void after_fork_in_child() {
-    while (!lru_.empty()) evict_oldest();
+    give_back();
     mu_.unlock();
   }
 
@@ -116,7 +140,7 @@ class BlockCache {
       void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       return p == MAP_FAILED ? nullptr : p;
     }
-    // over-map by one huge page and trim both ends, so the block starts on a huge-page boundary
+    // over-map by one huge page and trim both ends, so the segment starts on a huge-page boundary
     const size_t span = size + kHuge;
     void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) return nullptr;
@@ -130,25 +154,64 @@ class BlockCache {
     return p;
   }
 
-  void evict_oldest() {
-    const Free f = lru_.front();
-    auto& same = by_size_[f.size];
-    for (auto it = same.begin(); it != same.end(); ++it) {
-      if (*it == lru_.begin()) {
-        same.erase(it);
-        break;
+  void list(Block* b) {
+    free_.insert(FreeKey{b->size, b->ptr});
+    stats_.cached += b->size;
+  }
+
+  void unlist(Block* b) {
+    free_.erase(FreeKey{b->size, b->ptr});
+    stats_.cached -= b->size;
+  }
+
+  // b takes in its next neighbour (both free, neither listed)
+  void join_next(Block* b) {
+    Block* n = b->next;
+    b->size += n->size;
+    b->next = n->next;
+    if (n->next != nullptr) n->next->prev = b;
+    by_ptr_.erase(n->ptr);
+    delete n;
+  }
+
+  // unmap wholly free segments, largest first, until at most `limit` bytes stay mapped
+  void evict_until(size_t limit) {
+    for (auto it = free_.end(); it != free_.begin() && mapped_ > limit;) {
+      --it;
+      Block* b = by_ptr_.at(it->second);
+      if (!b->whole()) continue;
+      it = free_.erase(it);
+      stats_.cached -= b->size;
+      unmap(b);
+      ++stats_.evictions;
+    }
+  }
+
+  void unmap(Block* b) {
+    munmap(reinterpret_cast<void*>(b->ptr), b->size);
+    mapped_ -= b->size;
+    by_ptr_.erase(b->ptr);
+    delete b;
+  }
+
+  void give_back() {
+    for (auto it = free_.begin(); it != free_.end();) {
+      Block* b = by_ptr_.at(it->second);
+      if (b->whole()) {
+        stats_.cached -= b->size;
+        it = free_.erase(it);
+        unmap(b);
+      } else {
+        madvise(reinterpret_cast<void*>(b->ptr), b->size, MADV_DONTNEED);  // mapped, not resident
+        ++it;
       }
     }
-    lru_.pop_front();
-    munmap(f.ptr, f.size);
-    stats_.cached -= f.size;
-    ++stats_.evictions;
   }
 
   std::mutex mu_;
-  std::list<Free> lru_;  // cached blocks, longest unused first
-  std::unordered_map<size_t, std::vector<std::list<Free>::iterator>> by_size_;
-  std::unordered_map<void*, size_t> live_;
+  std::set<FreeKey> free_;                       // free blocks, by size then address
+  std::unordered_map<uintptr_t, Block*> by_ptr_;  // every block, free or not, by its address
+  size_t mapped_ = 0;                            // bytes of all segments
   Stats stats_{};
 };
 
