@@ -32,6 +32,7 @@ import resource
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -115,6 +116,8 @@ def pretrained_learner(dls: DataLoaders, arch: str, **kwargs: Any) -> Learner:
     n = load_bundled_weights(learn.model[0].model)  # fastai's TimmBody keeps the timm model here
     log(f"loaded {n} bundled tensors into {arch}")
     learn.freeze()  # vision_learner only freezes when pretrained=True
+    # lr_find saves and reloads the model under path/model_dir: not in the caller's folder
+    learn.model_dir = Path(tempfile.mkdtemp(prefix="fastai-side-models-"))
     return learn
 
 
