@@ -6,8 +6,11 @@ setting in its own process, and prints for every training step its wall time, th
 system time and minor page faults, and the block cache's counters (requests that mapped a new
 block, blocks unmapped to stay bounded, the largest working set, what is mapped). It shows whether
 the cache serves a whole recipe from what it keeps or maps (and faults in) memory every step.
+Settings: `cache` (training's default: the block cache, the lean batch-norm layer), `kept`
+(glibc's kept heap, `IMAGEBLOCKS_BLOCK_CACHE=0`) and `kept-timm` (the kept heap and timm's
+batch-norm layer: the defaults before the memory work).
 
-    .venv/bin/python benchmarks/recipe_steps.py --isa avx2       # both settings, one process each
+    .venv/bin/python benchmarks/recipe_steps.py --isa avx2       # every setting, one process each
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,22 @@ except ImportError:  # imported as benchmarks.recipe_steps
     from benchmarks import cpu_features
 
 ROOT = Path(__file__).resolve().parent
-SETTINGS = {"cache": {}, "kept": {"IMAGEBLOCKS_BLOCK_CACHE": "0"}}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """An allocator setting (its environment) and whether the backbone keeps the lean batch-norm."""
+
+    env: dict[str, str]
+    lean_bn: bool = True
+
+
+SETTINGS = {
+    "cache": Setting({}),
+    "kept": Setting({"IMAGEBLOCKS_BLOCK_CACHE": "0"}),
+    # training's defaults before the memory work: the kept heap and timm's batch-norm layer
+    "kept-timm": Setting({"IMAGEBLOCKS_BLOCK_CACHE": "0"}, lean_bn=False),
+}
 
 
 def _usage() -> tuple[float, float, int]:
@@ -35,14 +54,17 @@ def _usage() -> tuple[float, float, int]:
     return r.ru_utime, r.ru_stime, r.ru_minflt
 
 
-def one_setting(num_it: int, workers: int) -> dict[str, Any]:
+def one_setting(num_it: int, workers: int, lean_bn: bool = True) -> dict[str, Any]:
     """In this process: the BIWI recipe's lr_find(num_it), one record per step."""
     from imageblocks import block_cache
     from imageblocks.data.sources import URLs, untar_data
     from imageblocks.learn.learner import vision_learner
+    from imageblocks.models import backbones
     from imageblocks.recipes.book import points_block
     from imageblocks.runtime import keep_freed_memory
 
+    if not lean_bn:
+        backbones.use_lean_bn_act = lambda model: model  # timm's BatchNormAct2d stays
     keep_freed_memory()  # as run.py: before the loader's workers are forked
     biwi = untar_data(URLs.DEMO_POINTS)
     dls = points_block(biwi).dataloaders(biwi, bs=64, num_workers=workers, device="cpu")
@@ -123,7 +145,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="results stem (default: benchmarks/results/...)")
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_setting(args.num_it, args.workers)))
+        print(json.dumps(one_setting(args.num_it, args.workers, SETTINGS[args.one].lean_bn)))
         return
     result: dict[str, Any] = {
         "machine": cpu_features.machine_name(),
@@ -135,7 +157,7 @@ def main() -> None:
         "settings": {},
     }
     for name in args.settings:
-        env = {**cpu_features.isa_env(args.isa), **SETTINGS[name]}
+        env = {**cpu_features.isa_env(args.isa), **SETTINGS[name].env}
         cmd = [sys.executable, __file__, "--one", name, "--num-it", str(args.num_it)]
         cmd += ["--workers", str(args.workers)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)

@@ -15,8 +15,9 @@ trick needs an invertible activation); float32 only, where the memory is (bfloat
 On by default in `create_body` (`use_lean_bn_act`, the forward inside
 `lean_saved_activations()`), since training's allocator became the block cache
 (`imageblocks.block_cache`): with glibc's kept heap the lean layer's saving was lost to
-fragmentation (a BIWI step, 64x240x320 float32, peaked at 8.7 GB against 8.4 GB with timm's
-layer); with the block cache the same step peaks at 4.0-4.6 GB (`benchmarks/step_memory.py`).
+fragmentation (a BIWI step, 64x240x320 float32, peaked at 8.7 GB against 7.7-8.4 GB with timm's
+layer); with the block cache the same step peaks at 5.4 GB against 7.0 GB with timm's layer
+(`benchmarks/step_memory.py`).
 """
 
 from __future__ import annotations
