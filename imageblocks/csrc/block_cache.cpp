@@ -180,27 +180,27 @@ class BlockCache {
       --it;
       Block* b = by_ptr_.at(it->second);
       if (!b->whole()) continue;
-      it = free_.erase(it);
-      stats_.cached -= b->size;
-      unmap(b);
+      it = unmap(it);
       ++stats_.evictions;
     }
   }
 
-  void unmap(Block* b) {
+  // unmap the wholly free segment at `it` in the free list; the entry after it
+  std::set<FreeKey>::iterator unmap(std::set<FreeKey>::iterator it) {
+    Block* b = by_ptr_.at(it->second);
+    stats_.cached -= b->size;
     munmap(reinterpret_cast<void*>(b->ptr), b->size);
     mapped_ -= b->size;
     by_ptr_.erase(b->ptr);
     delete b;
+    return free_.erase(it);
   }
 
   void give_back() {
     for (auto it = free_.begin(); it != free_.end();) {
       Block* b = by_ptr_.at(it->second);
       if (b->whole()) {
-        stats_.cached -= b->size;
-        it = free_.erase(it);
-        unmap(b);
+        it = unmap(it);
       } else {
         madvise(reinterpret_cast<void*>(b->ptr), b->size, MADV_DONTNEED);  // mapped, not resident
         ++it;
