@@ -163,9 +163,8 @@ def test_steps_whose_sizes_change_are_served_from_memory_already_mapped():
     seen = _python(VARYING)
     # of 160 requests, all but a rare one carved from a free block (an exact-size cache: most missed)
     assert seen["misses"] <= 2 and seen["hits"] >= 158
-    assert (
-        seen["faults"] < 10_000
-    )  # 20 steps of about 70 MB each would be about 350,000 fresh pages
+    # 20 steps of about 70 MB each would be about 350,000 fresh pages
+    assert seen["faults"] < 10_000
     assert seen["mapped"] <= 1.5 * seen["peak"] + (1 << 20)
 
 
