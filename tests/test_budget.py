@@ -205,6 +205,28 @@ def test_fine_tune_budget_ends_on_time_annealed(voc, capsys):
     assert learn.plan.budget == 60 and learn.plan.call == "fine_tune_budget"
 
 
+def test_the_allocator_is_set_up_before_the_budget_measures(voc, monkeypatch):
+    """A first build of the block cache is spent before the plan, so the plan still fits."""
+    clock = FakeClock()
+    order = []
+    measure = budget_module._measure
+
+    def slow_setup() -> bool:
+        if "setup" not in order:  # a block cache compiled on this machine for the first time
+            clock.t += 5.0
+        order.append("setup")
+        return True
+
+    monkeypatch.setattr(budget_module.runtime, "keep_freed_memory", slow_setup)
+    monkeypatch.setattr(
+        budget_module, "_measure", lambda *a, **k: (order.append("measure"), measure(*a, **k))[1]
+    )
+    learn = _learner(voc, clock)
+    report = learn.fine_tune_budget(60, clock=clock, report_s=2.0)
+    assert order[:2] == ["setup", "measure"]
+    assert 60 * 0.95 - 2.0 <= report["train_end_s"] <= 60 - 2.0 + 1.0
+
+
 def test_a_phase_that_starts_past_its_deadline_still_takes_one_step():
     cb = TimeBudgetCallback(Budget(10, FakeClock()).start())
     learn = SimpleNamespace(lr_sched=SimpleNamespace(time_up=lambda: True))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from imageblocks import runtime
 from imageblocks.data.sizing import input_size, set_input_size
 from imageblocks.errors import ImageblocksError
 from imageblocks.learn.budget_probe import (
@@ -368,6 +369,9 @@ def fine_tune_budget(
     keeps the plan and the seconds left). Returns the plan and each phase's actual time."""
     if not isinstance(budget, Budget):
         budget = Budget(budget, clock).start()
+    # training's allocator before the probe: its steps are timed as training's are, and a first
+    # build of the block cache is spent before the plan, not inside it
+    runtime.keep_freed_memory()
     moms = moms or learn.moms
     if learn.opt is None:
         learn.create_opt()
