@@ -6,9 +6,9 @@ setting in its own process, and prints for every training step its wall time, th
 system time and minor page faults, and the block cache's counters (requests that mapped a new
 block, blocks unmapped to stay bounded, the largest working set, what is mapped). It shows whether
 the cache serves a whole recipe from what it keeps or maps (and faults in) memory every step.
-Settings: `cache` (training's default: the block cache, the lean batch-norm layer), `kept`
+Settings: `cache` (training's default: the block cache, the lean layers), `kept`
 (glibc's kept heap, `IMAGEBLOCKS_BLOCK_CACHE=0`) and `kept-timm` (the kept heap and timm's
-batch-norm layer: the defaults before the memory work).
+batch-norm layer and PyTorch's convolutions: the defaults before the memory work).
 
     .venv/bin/python benchmarks/recipe_steps.py --isa avx2       # every setting, one process each
 """
@@ -35,17 +35,17 @@ ROOT = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Setting:
-    """An allocator setting (its environment) and whether the backbone keeps the lean batch-norm."""
+    """An allocator setting (its environment) and whether the backbone has the lean layers."""
 
     env: dict[str, str]
-    lean_bn: bool = True
+    lean: bool = True  # the lean batch-norm + ReLU6 and the convolutions keeping no frozen input
 
 
 SETTINGS = {
     "cache": Setting({}),
     "kept": Setting({"IMAGEBLOCKS_BLOCK_CACHE": "0"}),
     # training's defaults before the memory work: the kept heap and timm's batch-norm layer
-    "kept-timm": Setting({"IMAGEBLOCKS_BLOCK_CACHE": "0"}, lean_bn=False),
+    "kept-timm": Setting({"IMAGEBLOCKS_BLOCK_CACHE": "0"}, lean=False),
 }
 
 
@@ -54,7 +54,7 @@ def _usage() -> tuple[float, float, int]:
     return r.ru_utime, r.ru_stime, r.ru_minflt
 
 
-def one_setting(num_it: int, workers: int, lean_bn: bool = True) -> dict[str, Any]:
+def one_setting(num_it: int, workers: int, lean: bool = True) -> dict[str, Any]:
     """In this process: the BIWI recipe's lr_find(num_it), one record per step."""
     from imageblocks import block_cache
     from imageblocks.data.sources import URLs, untar_data
@@ -63,8 +63,8 @@ def one_setting(num_it: int, workers: int, lean_bn: bool = True) -> dict[str, An
     from imageblocks.recipes.book import points_block
     from imageblocks.runtime import keep_freed_memory
 
-    if not lean_bn:
-        backbones.use_lean_bn_act = lambda model: model  # timm's BatchNormAct2d stays
+    if not lean:  # timm's BatchNormAct2d and PyTorch's Conv2d stay
+        backbones.use_lean_bn_act = backbones.use_lean_conv = lambda model: model
     keep_freed_memory()  # as run.py: before the loader's workers are forked
     biwi = untar_data(URLs.DEMO_POINTS)
     dls = points_block(biwi).dataloaders(biwi, bs=64, num_workers=workers, device="cpu")
@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="results stem (default: benchmarks/results/...)")
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_setting(args.num_it, args.workers, SETTINGS[args.one].lean_bn)))
+        print(json.dumps(one_setting(args.num_it, args.workers, SETTINGS[args.one].lean)))
         return
     result: dict[str, Any] = {
         "machine": cpu_features.machine_name(),

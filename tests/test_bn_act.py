@@ -10,8 +10,10 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
+from imageblocks.models import bn_act
 from imageblocks.models.backbones import create_body, create_vision_model
 from imageblocks.models.bn_act import LeanBatchNormAct2d, lean_saved_activations, use_lean_bn_act
+from imageblocks.models.lean_conv import use_lean_conv
 
 
 def _net() -> nn.Sequential:
@@ -113,6 +115,48 @@ def test_evaluation_bfloat16_and_no_grad_take_timms_path():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = lean(x.requires_grad_())
     assert out.grad_fn is not None and "BatchNormReLU6" not in type(out.grad_fn).__name__
+
+
+@pytest.mark.parametrize("frozen_convs", [False, True])
+def test_each_output_is_made_again_once_a_backward_and_not_at_all_for_frozen_convs(
+    frozen_convs, monkeypatch
+):
+    """The mask of a layer's backward reuses the output the next convolution made again; with
+    that convolution frozen (`LeanConv2d`) only the mask is computed."""
+    lean = use_lean_bn_act(_net())
+    if frozen_convs:
+        use_lean_conv(lean)
+        for m in lean.modules():
+            if isinstance(m, nn.Conv2d):
+                m.requires_grad_(False)
+    ref = _as_timms(lean)
+    made = []
+    real = bn_act._affine
+    monkeypatch.setattr(bn_act, "_affine", lambda *a: made.append(1) or real(*a))
+    monkeypatch.setattr(bn_act._Recompute, "__call__", _counted(bn_act._Recompute.__call__))
+    x = torch.randn(4, 3, 12, 12)
+    xl, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with lean_saved_activations():
+        yl = lean(xl)
+    yr = ref(xr)
+    grad = torch.randn_like(yr)
+    yl.backward(grad)
+    yr.backward(grad)
+    assert len(made) == 2  # one per lean layer: its output, or (frozen) its mask alone
+    assert bn_act._Recompute.__call__.calls == (0 if frozen_convs else 2)
+    torch.testing.assert_close(xl.grad, xr.grad)
+    for (name, p), q in zip(ref.named_parameters(), lean.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _counted(fn):
+    def counted(*args):
+        counted.calls += 1
+        return fn(*args)
+
+    counted.calls = 0
+    return counted
 
 
 def test_a_weight_changed_before_the_backward_is_an_error():

@@ -27,6 +27,7 @@ from imageblocks.download import DownloadError, download_url, file_sha256
 from imageblocks.errors import ImageblocksError
 from imageblocks.models.bn_act import lean_saved_activations, use_lean_bn_act
 from imageblocks.models.head import create_head
+from imageblocks.models.lean_conv import use_lean_conv
 from imageblocks.models.relu6 import use_lean_relu6
 from imageblocks.models.same_conv import use_same_conv
 
@@ -308,6 +309,7 @@ def create_body(
     use_same_conv(model)  # TF-padded convolutions without the per-batch pad copy
     use_lean_relu6(model)  # in-place ReLU6 without a saved copy of its input
     use_lean_bn_act(model)  # batch-norm + ReLU6 keeping one activation for the backward
+    use_lean_conv(model)  # convolutions keeping no input while their weights are frozen
     cfg = model.pretrained_cfg
     # Measured, not read from `num_features`: some timm heads (MobileNetV3's conv_head) keep
     # layers that also run on unpooled maps and change the channel count.

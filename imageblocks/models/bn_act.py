@@ -3,14 +3,18 @@
 In training, timm's `BatchNormAct2d` (batch-norm, then ReLU6) leaves two tensors of the layer's
 full size to autograd: batch-norm's input (for its gradient) and the ReLU6 output (for its mask,
 and as the input of the convolution after it). In EfficientNet-Lite0 on 64 images of 240x320 in
-float32 those were 4.9 of the 5.3 GB autograd kept. Both can be had from one tensor, the
-normalised input x̂ = (x - mean) / std: the batch-norm gradient is ATen's own kernel run on x̂
-(with mean 0, 1/std 1 and the weight scaled by 1/std, which is the same formula), the ReLU6
-mask is where 0 < weight·x̂ + bias < 6, and the output the next layer saves is recomputed from x̂
-in the backward, through a saved-tensor hook (`lean_saved_activations`, entered around the body's
-forward) that stores a recipe in place of the output. The cost is a few elementwise passes per
-layer in the backward. Hand-written because no library offers it for ReLU6 (inplace-abn's
-trick needs an invertible activation); float32 only, where the memory is (bfloat16 keeps timm's).
+float32 those were 4.9 of the 5.3 GB autograd kept. Both can be had from the input x and the
+batch's mean and 1/std: the forward is timm's (ATen's batch-norm, then the ReLU6 in place), the
+batch-norm gradient is ATen's own kernel on x, the ReLU6 mask is where 0 < x·scale + shift < 6
+(scale = weight/std, shift = bias - mean·scale), and the output the next layer saves is
+recomputed from x in the backward, through a saved-tensor hook (`lean_saved_activations`,
+entered around the body's forward) that stores a recipe in place of the output, and read again
+by the layer's own backward for its mask; the recomputed
+output equals the forward's to float32 rounding (ATen's vectorised kernel fuses the multiply-add
+differently). While the body is frozen its convolutions keep no input (`LeanConv2d`), so nothing
+is recomputed but the mask: one elementwise pass per layer in the backward. Hand-written because
+no library offers it for ReLU6 (inplace-abn's trick needs an invertible activation); float32
+only, where the memory is (bfloat16 keeps timm's).
 
 On by default in `create_body` (`use_lean_bn_act`, the forward inside
 `lean_saved_activations()`), since training's allocator became the block cache
@@ -35,25 +39,31 @@ from torch import nn
 from imageblocks.models.replace import replace_modules
 
 
-def _affine(xhat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """weight·x̂ + bias, per channel: the batch-norm output before the ReLU6."""
-    shape = (1, -1, 1, 1)
-    return torch.addcmul(bias.view(shape), xhat, weight.view(shape))
+def _scale_shift(
+    weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel, batch-norm as x·scale + shift, shaped to broadcast over (N, C, H, W)."""
+    scale = weight * invstd
+    shift = torch.addcmul(bias, mean, scale, value=-1.0)
+    return scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
 
 
-def _affine_relu6(xhat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """clamp(weight·x̂ + bias, 0, 6): the forward's output and its recomputation."""
-    return _affine(xhat, weight, bias).clamp_(0.0, 6.0)
+def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x·scale + shift: the batch-norm output before the ReLU6."""
+    return torch.addcmul(shift, x, scale)
 
 
 @dataclass(eq=False)
 class _Recompute:
     """What a saved-tensor hook stores instead of a layer's output: how to make it again."""
 
-    xhat: torch.Tensor
+    x: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
+    mean: torch.Tensor
+    invstd: torch.Tensor
     versions: tuple[int, int]
+    made: torch.Tensor | None = None  # the output made again, until the layer's backward takes it
 
     def __call__(self) -> torch.Tensor:
         if (self.weight._version, self.bias._version) != self.versions:
@@ -61,7 +71,14 @@ class _Recompute:
                 "a batch-norm weight was modified in place between the forward and the backward; "
                 "call backward() before changing the model's parameters"
             )
-        return _affine_relu6(self.xhat, self.weight, self.bias)
+        scale, shift = _scale_shift(self.weight, self.bias, self.mean, self.invstd)
+        self.made = _affine(self.x, scale, shift).clamp_(0.0, 6.0)
+        return self.made
+
+    def take(self) -> torch.Tensor | None:
+        """The output made again for a later layer's backward, if it was, handed over once."""
+        made, self.made = self.made, None
+        return made
 
 
 @dataclass(eq=False)
@@ -116,7 +133,7 @@ def lean_saved_activations() -> Iterator[None]:
 
 
 class _BatchNormReLU6(torch.autograd.Function):
-    """Training-mode batch-norm then ReLU6, saving only x̂."""
+    """Training-mode batch-norm then ReLU6, saving only its input (and the batch statistics)."""
 
     @staticmethod
     def forward(
@@ -129,30 +146,36 @@ class _BatchNormReLU6(torch.autograd.Function):
         momentum: float,
         eps: float,
     ) -> torch.Tensor:
-        xhat, _, invstd = torch.native_batch_norm(
-            x, None, None, running_mean, running_var, True, momentum, eps
+        y, mean, invstd = torch.native_batch_norm(
+            x, weight, bias, running_mean, running_var, True, momentum, eps
         )
-        ctx.save_for_backward(xhat, weight, bias, invstd)
-        return _affine_relu6(xhat, weight, bias)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        return y.clamp_(0.0, 6.0)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:
-        xhat, weight, bias, invstd = ctx.saved_tensors
-        grad = torch.ops.aten.hardtanh_backward(grad, _affine(xhat, weight, bias), 0.0, 6.0)
-        mask = list(ctx.needs_input_grad[:3])
-        # x̂ has mean 0 and 1/std 1, so ATen's kernel on it, with the weight scaled by the true
-        # 1/std, gives the gradient of the input
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        recipe = getattr(ctx, "recipe", None)
+        # the graph, and with it this node, can outlive the backward until the next forward:
+        # let go of the recipe, which holds the layer's input
+        ctx.recipe = None
+        y = recipe.take() if recipe is not None else None
+        if y is None:  # nobody needed the output again (a frozen convolution after it)
+            scale, shift = _scale_shift(weight, bias, mean, invstd)
+            y = _affine(x, scale, shift)
+        # 0 < clamp(z, 0, 6) < 6 exactly where 0 < z < 6, so either gives the ReLU6 mask
+        grad = torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad.contiguous(memory_format=_format(xhat)),
-            xhat,
-            weight * invstd,
+            grad.contiguous(memory_format=_format(x)),
+            x,
+            weight,
             None,
             None,
-            torch.zeros_like(invstd),
-            torch.ones_like(invstd),
+            mean,
+            invstd,
             True,
             0.0,
-            mask,
+            list(ctx.needs_input_grad[:3]),
         )
         return gx, gw, gb, None, None, None, None
 
@@ -163,7 +186,7 @@ def _format(t: torch.Tensor) -> torch.memory_format:
 
 
 class LeanBatchNormAct2d(BatchNormAct2d):
-    """timm's `BatchNormAct2d` with a ReLU6, keeping only x̂ for the backward in float32 training."""
+    """timm's `BatchNormAct2d` with a ReLU6, keeping only its input for the backward in float32 training."""
 
     def _lean(self, x: torch.Tensor) -> bool:
         return (
@@ -191,9 +214,10 @@ class LeanBatchNormAct2d(BatchNormAct2d):
         )
         outputs = _outputs.get()
         if outputs is not None:
-            xhat, w, b = y.grad_fn.saved_tensors[0], self.weight, self.bias
-            recipe = _Recompute(xhat, w, b, (w._version, b._version))
+            saved, w, b = y.grad_fn.saved_tensors, self.weight, self.bias
+            recipe = _Recompute(saved[0], w, b, saved[3], saved[4], (w._version, b._version))
             outputs[id(y)] = (weakref.ref(y), y._version, recipe)
+            y.grad_fn.recipe = recipe  # its backward reuses the output the next layer made again
         return y
 
 

@@ -31,6 +31,7 @@ from timm.layers.conv2d_same import conv2d_same
 from timm.layers.padding import get_same_padding
 from torch import nn
 
+from imageblocks.models.lean_conv import conv2d
 from imageblocks.models.replace import replace_modules
 
 _STATIC = contextvars.ContextVar("imageblocks_static_same_padding", default=False)
@@ -106,7 +107,7 @@ class SameConv2d(nn.Conv2d):
             with torch.autocast("cpu", enabled=False):
                 bias = None if self.bias is None else self.bias.float()
                 return F.conv2d(x.float(), weight.float(), bias, *args).to(torch.bfloat16)
-        return F.conv2d(x, weight, self.bias, *args)
+        return conv2d(x, weight, self.bias, *args)  # with a frozen weight, no input kept
 
 
 def _same_conv(child: nn.Module) -> SameConv2d | None:
