@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
@@ -14,6 +13,7 @@ from imageblocks.models import bn_act
 from imageblocks.models.backbones import create_body, create_vision_model
 from imageblocks.models.bn_act import LeanBatchNormAct2d, lean_saved_activations, use_lean_bn_act
 from imageblocks.models.lean_conv import use_lean_conv
+from tests.saved_tensors import saved_bytes
 
 
 def _net() -> nn.Sequential:
@@ -33,22 +33,6 @@ def _net() -> nn.Sequential:
     return net
 
 
-def _saved_bytes(model: nn.Module, x: torch.Tensor, lean: bool = True) -> tuple[torch.Tensor, int]:
-    """The output, and the activation bytes autograd keeps for the backward (each storage once,
-    parameters left out), counted by hooks around the lean ones (`lean`) or the model alone."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    inner = lean_saved_activations() if lean else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), inner:
-        out = model(x)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return out, sum(n for ptr, n in storages.items() if ptr not in params)
-
-
 def _as_timms(model: nn.Module) -> nn.Module:
     """A copy of `model` with timm's BatchNormAct2d back in place of the lean one."""
     model = copy.deepcopy(model)
@@ -66,8 +50,8 @@ def test_values_gradients_and_running_stats_are_timms(channels_last):
     assert [type(m) for m in lean][1::2] == [LeanBatchNormAct2d, LeanBatchNormAct2d, BatchNormAct2d]
     x = (torch.randn(4, 3, 16, 16) * 2).contiguous(memory_format=fmt)
     xr, xl = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yr, ref_bytes = _saved_bytes(ref, xr)
-    yl, lean_bytes = _saved_bytes(lean, xl)
+    yr, ref_bytes = saved_bytes(ref, xr, lean_saved_activations())
+    yl, lean_bytes = saved_bytes(lean, xl, lean_saved_activations())
     assert lean_bytes < 0.5 * ref_bytes  # two activations per layer become one
     assert yl.is_contiguous(memory_format=fmt)
     torch.testing.assert_close(yl, yr)
@@ -186,9 +170,9 @@ def test_a_vision_model_saves_less_and_a_memory_probe_around_it_sees_it():
     ref = _as_timms(lean)
     x = torch.randn(2, 3, 64, 64)
     torch.manual_seed(0)  # the head's dropout
-    out_lean, lean_bytes = _saved_bytes(lean, x)
+    out_lean, lean_bytes = saved_bytes(lean, x, lean_saved_activations())
     torch.manual_seed(0)
-    out_ref, ref_bytes = _saved_bytes(ref, x, lean=False)
+    out_ref, ref_bytes = saved_bytes(ref, x)
     torch.testing.assert_close(out_lean, out_ref, rtol=1e-3, atol=1e-3)
     assert lean_bytes < 0.7 * ref_bytes
     out_lean.sum().backward()

@@ -11,20 +11,7 @@ from torch import nn
 from imageblocks.models.backbones import create_vision_model
 from imageblocks.models.freezing import norm_param_ids
 from imageblocks.models.lean_conv import LeanConv2d, use_lean_conv
-
-
-def _saved_bytes(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The output, and the bytes autograd keeps that are not parameters (each storage once)."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return out, sum(n for ptr, n in storages.items() if ptr not in params)
+from tests.saved_tensors import saved_bytes
 
 
 @pytest.mark.parametrize("channels_last, weight_too", [(False, False), (True, False), (True, True)])
@@ -56,8 +43,8 @@ def test_a_frozen_convolution_gives_pytorchs_input_gradient_and_keeps_no_input(
     out_lean.backward(grad)
     torch.testing.assert_close(x_lean.grad, x_ref.grad, rtol=0, atol=0)
     assert x_lean.grad.is_contiguous(memory_format=fmt)
-    _, kept = _saved_bytes(lean, x.clone().requires_grad_())
-    _, kept_ref = _saved_bytes(ref, x.clone().requires_grad_())
+    _, kept = saved_bytes(lean, x.clone().requires_grad_())
+    _, kept_ref = saved_bytes(ref, x.clone().requires_grad_())
     assert kept == 0 and kept_ref >= x.numel() * 4
 
 
@@ -70,7 +57,7 @@ def test_a_trained_weight_keeps_its_gradient_and_its_input():
     lean(x).square().sum().backward()
     torch.testing.assert_close(lean[0].weight.grad, ref.weight.grad, rtol=0, atol=0)
     torch.testing.assert_close(lean[0].bias.grad, ref.bias.grad, rtol=0, atol=0)
-    assert _saved_bytes(lean, x)[1] >= x.numel() * 4
+    assert saved_bytes(lean, x)[1] >= x.numel() * 4
 
 
 def test_a_frozen_body_trains_its_batch_norm_as_before_and_keeps_less():
@@ -89,9 +76,9 @@ def test_a_frozen_body_trains_its_batch_norm_as_before_and_keeps_less():
         net.train()
     x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
     torch.manual_seed(1)  # the head's dropout
-    out, kept = _saved_bytes(model, x)
+    out, kept = saved_bytes(model, x)
     torch.manual_seed(1)
-    out_ref, kept_ref = _saved_bytes(ref, x)
+    out_ref, kept_ref = saved_bytes(ref, x)
     torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
     assert kept < 0.95 * kept_ref  # the block inputs (the ReLU6 outputs were recipes already)
     out.square().sum().backward()

@@ -9,6 +9,7 @@ from torch import nn
 
 from imageblocks.models.backbones import create_body
 from imageblocks.models.relu6 import LeanReLU6, use_lean_relu6
+from tests.saved_tensors import saved_bytes
 
 
 def _block() -> nn.Sequential:
@@ -19,18 +20,6 @@ def _block() -> nn.Sequential:
         nn.ReLU6(inplace=True),
         nn.Conv2d(8, 4, 3, padding=1),
     )
-
-
-def _saved_bytes(model: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
-    return sum(storages.values()), out
 
 
 def test_values_and_gradients_equal_pytorch_s_relu6_bit_for_bit() -> None:
@@ -55,8 +44,8 @@ def test_the_backward_keeps_one_activation_less_per_relu6() -> None:
     ref = _block()
     lean = use_lean_relu6(copy.deepcopy(ref))
     x = torch.randn(2, 3, 32, 32)
-    ref_bytes, _ = _saved_bytes(ref, x)
-    lean_bytes, _ = _saved_bytes(lean, x)
+    _, ref_bytes = saved_bytes(ref, x)
+    _, lean_bytes = saved_bytes(lean, x)
     activation = 2 * 8 * 32 * 32 * 4  # one (2, 8, 32, 32) float32 tensor
     assert ref_bytes - lean_bytes == activation
 
