@@ -36,15 +36,12 @@ class _FrozenConv2d(torch.autograd.Function):
         x: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        stride: Sequence[int],
-        padding: Sequence[int],
-        dilation: Sequence[int],
-        groups: int,
+        args: tuple[Sequence[int], Sequence[int], Sequence[int], int],
     ) -> torch.Tensor:
         ctx.input_meta = (x.shape, x.dtype, x.device, _format(x))
-        ctx.args = (stride, padding, dilation, groups)
+        ctx.args = args  # stride, padding, dilation, groups
         ctx.save_for_backward(weight)
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return F.conv2d(x, weight, bias, *args)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:
@@ -72,7 +69,7 @@ class _FrozenConv2d(torch.autograd.Function):
             groups,
             (True, False, False),
         )[0]
-        return gx, None, None, None, None, None, None
+        return gx, None, None, None
 
 
 def _frozen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -99,7 +96,7 @@ def conv2d(
 ) -> torch.Tensor:
     """`F.conv2d` (zero padding given as numbers), keeping no input when the weight is frozen."""
     if _frozen(x, weight, bias):
-        return _FrozenConv2d.apply(x, weight, bias, stride, padding, dilation, groups)
+        return _FrozenConv2d.apply(x, weight, bias, (stride, padding, dilation, groups))
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
