@@ -36,6 +36,7 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
+from imageblocks.models.lean_conv import memory_format_of
 from imageblocks.models.replace import replace_modules
 
 
@@ -166,7 +167,7 @@ class _BatchNormReLU6(torch.autograd.Function):
         # 0 < clamp(z, 0, 6) < 6 exactly where 0 < z < 6, so either gives the ReLU6 mask
         grad = torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad.contiguous(memory_format=_format(x)),
+            grad.contiguous(memory_format=memory_format_of(x)),
             x,
             weight,
             None,
@@ -178,11 +179,6 @@ class _BatchNormReLU6(torch.autograd.Function):
             list(ctx.needs_input_grad[:3]),
         )
         return gx, gw, gb, None, None, None, None
-
-
-def _format(t: torch.Tensor) -> torch.memory_format:
-    channels_last = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 class LeanBatchNormAct2d(BatchNormAct2d):

@@ -7,8 +7,8 @@ the weight alone. Here such a convolution saves the weight and the input's shape
 backward runs ATen's own `convolution_backward` for the input only, so the values are PyTorch's.
 In EfficientNet-Lite0 that frees every convolution input of a frozen step and, with
 `LeanBatchNormAct2d`, spares the recomputation of the ReLU6 outputs, which only a trained
-weight's gradient reads. Hand-written because autograd has no switch for it; float32 and
-float64 only (under autocast the saved weight would not be the dtype the backward gets).
+weight's gradient reads. Hand-written because autograd has no switch for it; on CPU in float32
+and float64 only (under autocast the saved weight would not be the dtype the backward gets).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from torch import nn
 from imageblocks.models.replace import replace_modules
 
 
-def _format(t: torch.Tensor) -> torch.memory_format:
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for a tensor laid out so (and not also contiguous), else contiguous."""
     channels_last = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -38,7 +39,7 @@ class _FrozenConv2d(torch.autograd.Function):
         bias: torch.Tensor | None,
         args: tuple[Sequence[int], Sequence[int], Sequence[int], int],
     ) -> torch.Tensor:
-        ctx.input_meta = (x.shape, x.dtype, x.device, _format(x))
+        ctx.input_meta = (x.shape, x.dtype, x.device, memory_format_of(x))
         ctx.args = args  # stride, padding, dilation, groups
         ctx.save_for_backward(weight)
         return F.conv2d(x, weight, bias, *args)
@@ -50,7 +51,7 @@ class _FrozenConv2d(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.args
         # never read: the kernel takes the input's sizes from it, and its memory format from it
         # or from the weight, so where the two agree a placeholder of no memory does
-        if _format(weight) == memory_format:
+        if memory_format_of(weight) == memory_format:
             placeholder = grad.new_empty(1).expand(shape)
         else:
             placeholder = torch.empty(
@@ -75,6 +76,7 @@ class _FrozenConv2d(torch.autograd.Function):
 def _frozen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return (
         torch.is_grad_enabled()
+        and x.device.type == "cpu"  # where it was measured; CUDA keeps autograd's own path
         and x.requires_grad
         and not weight.requires_grad
         and (bias is None or not bias.requires_grad)
