@@ -115,8 +115,8 @@ def test_each_output_is_made_again_once_a_backward_and_not_at_all_for_frozen_con
                 m.requires_grad_(False)
     ref = _as_timms(lean)
     made = []
-    real = bn_act._affine
-    monkeypatch.setattr(bn_act, "_affine", lambda *a: made.append(1) or real(*a))
+    real = bn_act._pre_activation
+    monkeypatch.setattr(bn_act, "_pre_activation", lambda *a: made.append(1) or real(*a))
     monkeypatch.setattr(bn_act._Recompute, "__call__", _counted(bn_act._Recompute.__call__))
     x = torch.randn(4, 3, 12, 12)
     xl, xr = x.clone().requires_grad_(), x.clone().requires_grad_()

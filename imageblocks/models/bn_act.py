@@ -9,9 +9,8 @@ batch-norm gradient is ATen's own kernel on x, the ReLU6 mask is where 0 < x·sc
 (scale = weight/std, shift = bias - mean·scale), and the output the next layer saves is
 recomputed from x in the backward, through a saved-tensor hook (`lean_saved_activations`,
 entered around the body's forward) that stores a recipe in place of the output, and read again
-by the layer's own backward for its mask; the recomputed
-output equals the forward's to float32 rounding (ATen's vectorised kernel fuses the multiply-add
-differently). While the body is frozen its convolutions keep no input (`LeanConv2d`), so nothing
+by the layer's own backward for its mask; the recomputed output equals the forward's to float32
+rounding (ATen's vectorised kernel fuses the multiply-add differently). While the body is frozen its convolutions keep no input (`LeanConv2d`), so nothing
 is recomputed but the mask: one elementwise pass per layer in the backward. Hand-written because
 no library offers it for ReLU6 (inplace-abn's trick needs an invertible activation); float32
 only, where the memory is (bfloat16 keeps timm's).
@@ -40,18 +39,17 @@ from imageblocks.models.lean_conv import memory_format_of
 from imageblocks.models.replace import replace_modules
 
 
-def _scale_shift(
-    weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel, batch-norm as x·scale + shift, shaped to broadcast over (N, C, H, W)."""
+def _pre_activation(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+) -> torch.Tensor:
+    """The batch-norm output before the ReLU6, made again: x·scale + shift per channel."""
     scale = weight * invstd
     shift = torch.addcmul(bias, mean, scale, value=-1.0)
-    return scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
-
-
-def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """x·scale + shift: the batch-norm output before the ReLU6."""
-    return torch.addcmul(shift, x, scale)
+    return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
 
 
 @dataclass(eq=False)
@@ -72,8 +70,8 @@ class _Recompute:
                 "a batch-norm weight was modified in place between the forward and the backward; "
                 "call backward() before changing the model's parameters"
             )
-        scale, shift = _scale_shift(self.weight, self.bias, self.mean, self.invstd)
-        self.made = _affine(self.x, scale, shift).clamp_(0.0, 6.0)
+        made = _pre_activation(self.x, self.weight, self.bias, self.mean, self.invstd)
+        self.made = made.clamp_(0.0, 6.0)
         return self.made
 
     def take(self) -> torch.Tensor | None:
@@ -162,8 +160,7 @@ class _BatchNormReLU6(torch.autograd.Function):
         ctx.recipe = None
         y = recipe.take() if recipe is not None else None
         if y is None:  # nobody needed the output again (a frozen convolution after it)
-            scale, shift = _scale_shift(weight, bias, mean, invstd)
-            y = _affine(x, scale, shift)
+            y = _pre_activation(x, weight, bias, mean, invstd)
         # 0 < clamp(z, 0, 6) < 6 exactly where 0 < z < 6, so either gives the ReLU6 mask
         grad = torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
@@ -182,7 +179,7 @@ class _BatchNormReLU6(torch.autograd.Function):
 
 
 class LeanBatchNormAct2d(BatchNormAct2d):
-    """timm's `BatchNormAct2d` with a ReLU6, keeping only its input for the backward in float32 training."""
+    """timm's `BatchNormAct2d` with a ReLU6, keeping only its input for the float32 backward."""
 
     def _lean(self, x: torch.Tensor) -> bool:
         return (
