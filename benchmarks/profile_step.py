@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cpu_features
+try:
+    import cpu_features  # run as a script: this folder is on sys.path
+except ImportError:  # imported as benchmarks.profile_step
+    from benchmarks import cpu_features
 
 KINDS = {  # op-name fragments per kind, first match wins (aten op names of PyTorch 2.x)
     "convolution": ("conv", "mkldnn_convolution"),
@@ -63,6 +66,11 @@ def profiled(learn: Any, batches: list, n: int) -> dict[str, Any]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(n):
             learn.train_step(batches[i % len(batches)])
+    return op_table(prof, n)
+
+
+def op_table(prof: Any, n: int) -> dict[str, Any]:
+    """A finished torch.profiler run of `n` steps: the top ops by self CPU time and the shares by kind."""
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)

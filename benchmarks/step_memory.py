@@ -31,9 +31,10 @@ from typing import Any
 
 try:
     import cpu_features  # run as a script: this folder is on sys.path
+    import profile_step
     import run as side
 except ImportError:  # imported as benchmarks.step_memory (the tests)
-    from benchmarks import cpu_features
+    from benchmarks import cpu_features, profile_step
     from benchmarks import run as side
 
 ROOT = Path(__file__).resolve().parent
@@ -80,12 +81,16 @@ def set_allocator(allocator: str) -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
 
 
-def one_config(allocator: str, layer: str, steps: int, bs: int, size: tuple[int, int]) -> dict:
-    """Train `steps` steps in this process; the step record (times, max RSS, heap after each half)."""
+def one_config(
+    allocator: str, layer: str, steps: int, bs: int, size: tuple[int, int], profiled: bool = False
+) -> dict:
+    """Train `steps` steps in this process; the step record (times, max RSS, heap after each half,
+    and with `profiled` a torch.profiler table of the last step)."""
     import contextlib
     import resource
 
     import torch
+    from torch.profiler import ProfilerActivity, profile
 
     from imageblocks.models import backbones
     from imageblocks.models.backbones import create_vision_model
@@ -100,20 +105,28 @@ def one_config(allocator: str, layer: str, steps: int, bs: int, size: tuple[int,
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     target = torch.randn(bs, 2)
     saving = lean_saved_activations if layer == "lean" else contextlib.nullcontext
-    times, heaps = [], []
-    for _ in range(steps):
+    times, heaps, ops = [], [], None
+    for i in range(steps):
         batch = torch.randn(bs, 3, *size)  # a new batch each step, as a loader gives
-        start = time.perf_counter()
-        with saving():
-            out = model(batch)
-        after_forward = heap_mb()
-        torch.nn.functional.mse_loss(out, target).backward()
-        heaps.append({"forward": after_forward, "backward": heap_mb()})
-        opt.step()
-        opt.zero_grad()
-        del out
-        times.append(time.perf_counter() - start)
+        last = profiled and i == steps - 1  # outside the timed steps: the profiler slows them
+        with (
+            profile(activities=[ProfilerActivity.CPU]) if last else contextlib.nullcontext() as prof
+        ):
+            start = time.perf_counter()
+            with saving():
+                out = model(batch)
+            after_forward = heap_mb()
+            torch.nn.functional.mse_loss(out, target).backward()
+            heaps.append({"forward": after_forward, "backward": heap_mb()})
+            opt.step()
+            opt.zero_grad()
+            del out
+            if not last:
+                times.append(time.perf_counter() - start)
+        if last:
+            ops = profile_step.op_table(prof, 1)
     return {
+        "ops": ops,
         "allocator": allocator,
         "layer": layer,
         "step_s": statistics.median(times[1:] or times),
@@ -140,6 +153,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {last['forward']['heap_mb']:.0f} / {last['forward']['in_use_mb']:.0f} "
             f"| {largest:.0f} |"
         )
+    for c in result["configs"]:
+        if c.get("ops"):
+            rows += [
+                f"\n## {c['allocator']}, {c['layer']}: one step under torch.profiler, "
+                f"{c['ops']['self_cpu_s_per_step']:.2f} s of self CPU time\n",
+                "| op | share | ms | calls |",
+                "| --- | ---: | ---: | ---: |",
+            ]
+            rows += [
+                f"| `{o['op']}` | {o['share']:.1%} | {o['ms_per_step']:.0f} | {o['calls_per_step']:.0f} |"
+                for o in c["ops"]["top_ops"]
+            ]
     return "\n".join(rows) + "\n"
 
 
@@ -152,10 +177,13 @@ def main() -> None:
     parser.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=ALLOCATORS)
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument(
+        "--profile", action="store_true", help="a torch.profiler table of one more step"
+    )
     parser.add_argument("--one", nargs=2, metavar=("ALLOCATOR", "LAYER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        record = one_config(*args.one, args.steps, args.bs, tuple(args.size))
+        record = one_config(*args.one, args.steps, args.bs, tuple(args.size), args.profile)
         print(json.dumps(record))
         return
     env = cpu_features.isa_env(args.isa)
@@ -165,6 +193,7 @@ def main() -> None:
         for layer in args.layers:
             cmd = [sys.executable, __file__, "--one", allocator, layer, "--steps", str(args.steps)]
             cmd += ["--bs", str(args.bs), "--size", *map(str, args.size)]
+            cmd += ["--profile"] * args.profile
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             configs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             c = configs[-1]
