@@ -15,6 +15,7 @@ head, unfrozen, AdamW, a new 64x3x240x320 float32 batch each step. It records th
   (the default body's).
 
     .venv/bin/python benchmarks/step_memory.py --isa avx2   # 8 configurations, about 12 minutes
+    .venv/bin/python benchmarks/step_memory.py --isa avx2 --profile   # and one more step profiled
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def one_config(
     allocator: str, layer: str, steps: int, bs: int, size: tuple[int, int], profiled: bool = False
 ) -> dict:
     """Train `steps` steps in this process; the step record (times, max RSS, heap after each half,
-    and with `profiled` a torch.profiler table of the last step)."""
+    and with `profiled` a torch.profiler table of one more step)."""
     import contextlib
     import resource
 
@@ -106,9 +107,11 @@ def one_config(
     target = torch.randn(bs, 2)
     saving = lean_saved_activations if layer == "lean" else contextlib.nullcontext
     times, heaps, ops = [], [], None
-    for i in range(steps):
+    for i in range(steps + profiled):
         batch = torch.randn(bs, 3, *size)  # a new batch each step, as a loader gives
-        last = profiled and i == steps - 1  # outside the timed steps: the profiler slows them
+        last = (
+            i == steps
+        )  # the profiled step, one more, left out of the times: the profiler slows it
         with (
             profile(activities=[ProfilerActivity.CPU]) if last else contextlib.nullcontext() as prof
         ):
